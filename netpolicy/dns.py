@@ -1,0 +1,86 @@
+"""Asynchronous DNS for the HAT: forward-confirmed reverse DNS and DNS-list lookups.
+
+Every lookup is bounded by a timeout (a slow resolver must not hold a connection before its
+banner) and cached (a busy sender connects many times a minute). A failed or timed-out lookup
+is "no name" / "not listed": SPEC.md says the host is then matched by address alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import dns.reversename
+
+_NEGATIVE_TTL = 60.0
+
+
+class TtlCache:
+    """A small LRU whose entries expire; bounded so a scan of many addresses cannot grow it."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self._data: OrderedDict[tuple[str, ...], tuple[float, object]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: tuple[str, ...]) -> tuple[bool, object]:
+        item = self._data.get(key)
+        if item is None or item[0] < time.monotonic():
+            return False, None
+        self._data.move_to_end(key)
+        return True, item[1]
+
+    def put(self, key: tuple[str, ...], value: object, ttl: float) -> None:
+        self._data[key] = (time.monotonic() + ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+
+class DnsResolver:
+    """dnspython-backed implementation of ``netpolicy.hat.Resolver``."""
+
+    def __init__(self, timeout: float = 3.0, resolver: dns.asyncresolver.Resolver | None = None) -> None:
+        self.timeout = timeout
+        self._resolver = resolver or dns.asyncresolver.Resolver()
+        self._resolver.lifetime = timeout
+        self._cache = TtlCache()
+
+    async def _query(self, name: str, rdtype: str) -> tuple[list[str], float]:
+        """Answer texts and TTL; an empty list for NXDOMAIN, no answer, timeout or failure."""
+        try:
+            answer = await asyncio.wait_for(self._resolver.resolve(name, rdtype), self.timeout)
+        except (dns.exception.DNSException, asyncio.TimeoutError, OSError):
+            return [], _NEGATIVE_TTL
+        ttl = float(answer.rrset.ttl) if answer.rrset is not None else _NEGATIVE_TTL
+        return [r.to_text() for r in answer], ttl
+
+    async def verified_hostname(self, address: str) -> str | None:
+        hit, cached = self._cache.get(("ptr", address))
+        if hit:
+            return cached  # type: ignore[return-value]
+        names, ttl = await self._query(dns.reversename.from_address(address).to_text(), "PTR")
+        verified: str | None = None
+        rdtype = "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
+        for name in names[:5]:  # bounded: a PTR set can be long
+            forward, _ = await self._query(name, rdtype)
+            if any(ipaddress.ip_address(a) == ipaddress.ip_address(address) for a in forward):
+                verified = name.rstrip(".").lower()
+                break
+        self._cache.put(("ptr", address), verified, ttl)
+        return verified
+
+    async def dnslisted(self, address: str, zone: str) -> bool:
+        hit, cached = self._cache.get(("dnsl", address, zone))
+        if hit:
+            return bool(cached)
+        reverse = dns.reversename.from_address(address).to_text(omit_final_dot=True)
+        owner = reverse.removesuffix(".in-addr.arpa").removesuffix(".ip6.arpa")
+        records, ttl = await self._query(f"{owner}.{zone}.", "A")
+        listed = bool(records)
+        self._cache.put(("dnsl", address, zone), listed, ttl)
+        return listed

@@ -1,0 +1,68 @@
+"""The kernel plan: what the compiler hands to a kernel backend.
+
+Kept apart from the compiler so that backends, the reconciler and the CLI depend on a small,
+stable value type rather than on how it is computed. A plan is immutable; a new policy
+generation produces a new plan, and backends diff plans against what they read back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class UserlandOnly:
+    """A sender-group entry that resolves to TCPREFUSE but cannot be decided in the kernel."""
+
+    sender_group: str
+    entry: str
+    reason: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"sender_group": self.sender_group, "entry": self.entry, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ListenerPlan:
+    """Refuse sets for one listener.
+
+    ``refuse4``/``refuse6`` are minimal: sorted (numerically), collapsed CIDR strings such as
+    ``"192.0.2.0/24"``; single hosts are written with their prefix (``/32``, ``/128``).
+    ``address`` is the listener's bind address: ``0.0.0.0`` matches every IPv4 destination,
+    ``::`` every destination of both families (a dual-stack socket), anything else only itself.
+    ``kernel`` is False when the listener has kernel enforcement off; its sets are then empty
+    and backends install nothing for it.
+    """
+
+    name: str
+    address: str
+    port: int
+    kernel: bool
+    refuse4: tuple[str, ...] = ()
+    refuse6: tuple[str, ...] = ()
+    userland_only: tuple[UserlandOnly, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "kernel": self.kernel,
+            "refuse": {"ipv4": list(self.refuse4), "ipv6": list(self.refuse6)},
+            "userland_only": [u.as_json() for u in self.userland_only],
+        }
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """The whole desired kernel state for one policy generation."""
+
+    generation: str
+    listeners: tuple[ListenerPlan, ...] = field(default_factory=tuple)
+
+    def kernel_listeners(self) -> tuple[ListenerPlan, ...]:
+        """Listeners whose refusals the kernel enforces."""
+        return tuple(lp for lp in self.listeners if lp.kernel)
+
+    def as_json(self) -> dict[str, object]:
+        return {"generation": self.generation, "listeners": [lp.as_json() for lp in self.listeners]}

@@ -1,0 +1,196 @@
+"""Sender-group entries: the text forms of SPEC.md section 2 parsed into typed values.
+
+Address entries become inclusive integer intervals per family, because every consumer (the HAT
+index, the compiler's set arithmetic, the kernel plan) works on intervals; host-name and
+DNS-list entries stay symbolic since only userland can decide them.
+
+Parsing is on the hot path of large groups (a million entries must compile in seconds), so the
+common IPv4 forms use ``socket.inet_aton`` rather than ``ipaddress`` objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from typing import Literal
+
+Family = Literal[4, 6]
+V4_MAX = (1 << 32) - 1
+V6_MAX = (1 << 128) - 1
+
+_HOST_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME_RE = re.compile(rf"^{_HOST_LABEL}(\.{_HOST_LABEL})*\.?$", re.IGNORECASE)
+_PARTIAL_V4_RE = re.compile(r"^(\d{1,3})(\.\d{1,3}){0,2}\.?$")
+_DNSLIST_RE = re.compile(r"^dnslist\[(?P<zone>[^\]]+)\]$", re.IGNORECASE)
+
+
+class EntryError(ValueError):
+    """An entry that is not one of the forms SPEC.md allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEntry:
+    """An entry that names addresses: one interval ``[start, end]`` of one family."""
+
+    text: str
+    family: Family
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostnameEntry:
+    """``mail.example.com`` (exact) or ``.example.com`` (any name inside the domain)."""
+
+    text: str
+    name: str  # lower-case, no trailing dot; for a suffix entry, without the leading dot
+    suffix: bool
+
+    def matches(self, hostname: str) -> bool:
+        host = hostname.lower().rstrip(".")
+        if self.suffix:
+            return host.endswith("." + self.name)
+        return host == self.name
+
+
+@dataclass(frozen=True, slots=True)
+class DnsListEntry:
+    """``dnslist[zone]``: the address is listed in that DNS list."""
+
+    text: str
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllEntry:
+    """``ALL``: every host (only as the group ``ALL``)."""
+
+    text: str = "ALL"
+
+
+Entry = AddressEntry | HostnameEntry | DnsListEntry | AllEntry
+
+
+def _v4_int(text: str) -> int:
+    """Strict dotted-quad to int (inet_aton alone accepts ``10.1`` and ``0x0a...``)."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
+        raise EntryError(f"{text!r} is not an IPv4 address")
+    return int.from_bytes(socket.inet_aton(text), "big")
+
+
+def _v6_int(text: str) -> int:
+    try:
+        return int(ipaddress.IPv6Address(text))
+    except ValueError as exc:
+        raise EntryError(f"{text!r} is not an IPv6 address") from exc
+
+
+def address_to_int(text: str) -> tuple[Family, int]:
+    """An IPv4 or IPv6 literal as (family, integer)."""
+    if ":" in text:
+        return 6, _v6_int(text)
+    return 4, _v4_int(text)
+
+
+def _cidr(text: str) -> AddressEntry:
+    addr, _, plen_text = text.partition("/")
+    family, value = address_to_int(addr)
+    bits = 32 if family == 4 else 128
+    if not plen_text.isdigit() or int(plen_text) > bits:
+        raise EntryError(f"{text!r}: prefix length must be 0..{bits}")
+    host_bits = bits - int(plen_text)
+    start = (value >> host_bits) << host_bits
+    if start != value:
+        raise EntryError(f"{text!r} has host bits set (did you mean {_int_to_text(family, start)}/{plen_text}?)")
+    return AddressEntry(text, family, start, start | ((1 << host_bits) - 1))
+
+
+def _range(text: str) -> AddressEntry:
+    first, _, last = text.partition("-")
+    family, start = address_to_int(first.strip())
+    last = last.strip()
+    if family == 4 and last.isdigit():  # last-octet range: 10.1.1.0-50
+        if int(last) > 255:
+            raise EntryError(f"{text!r}: {last} is not an octet")
+        end = (start & ~0xFF) | int(last)
+    else:
+        end_family, end = address_to_int(last)
+        if end_family != family:
+            raise EntryError(f"{text!r} mixes IPv4 and IPv6")
+    if end < start:
+        raise EntryError(f"{text!r}: the range ends before it starts")
+    return AddressEntry(text, family, start, end)
+
+
+def _partial_v4(text: str) -> AddressEntry:
+    octets = [o for o in text.split(".") if o != ""]
+    if any(int(o) > 255 for o in octets):
+        raise EntryError(f"{text!r}: octets must be 0..255")
+    host_bits = 8 * (4 - len(octets))
+    start = 0
+    for o in octets:
+        start = (start << 8) | int(o)
+    start <<= host_bits
+    return AddressEntry(text, 4, start, start | ((1 << host_bits) - 1))
+
+
+def parse_entry(raw: object) -> Entry:
+    """Parse one sender-group entry; raise EntryError with a message fit for an operator."""
+    if not isinstance(raw, str):
+        raise EntryError(f"entry must be a string, not {type(raw).__name__}")
+    text = raw.strip()
+    if not text:
+        raise EntryError("empty entry")
+    if text == "ALL":
+        return AllEntry()
+    if m := _DNSLIST_RE.match(text):
+        zone = m.group("zone").strip().lower().rstrip(".")
+        if not _HOSTNAME_RE.match(zone):
+            raise EntryError(f"{text!r}: {zone!r} is not a DNS zone")
+        return DnsListEntry(text, zone)
+    if "/" in text:
+        return _cidr(text)
+    if "-" in text and (text[0].isdigit() or ":" in text):
+        return _range(text)
+    if ":" in text:
+        family, value = address_to_int(text)
+        return AddressEntry(text, family, value, value)
+    if text[0].isdigit() and all(c.isdigit() or c == "." for c in text):
+        if text.count(".") == 3 and not text.endswith("."):
+            _, value = address_to_int(text)
+            return AddressEntry(text, 4, value, value)
+        if _PARTIAL_V4_RE.match(text):
+            return _partial_v4(text)
+        raise EntryError(f"{text!r} is not an IPv4 address or partial address")
+    suffix = text.startswith(".")
+    name = text[1:] if suffix else text
+    if not _HOSTNAME_RE.match(name) or name.replace(".", "").isdigit():
+        raise EntryError(f"{text!r} is not an address, range, CIDR, host name or dnslist[zone]")
+    return HostnameEntry(text, name.lower().rstrip("."), suffix)
+
+
+def _int_to_text(family: Family, value: int) -> str:
+    if family == 4:
+        return socket.inet_ntoa(value.to_bytes(4, "big"))
+    return str(ipaddress.IPv6Address(value))
+
+
+def interval_to_cidrs(family: Family, start: int, end: int) -> list[str]:
+    """The minimal list of CIDR strings covering exactly ``[start, end]``."""
+    bits = 32 if family == 4 else 128
+    out: list[str] = []
+    while start <= end:
+        # Largest block aligned at start that does not pass end.
+        size_bits = (start & -start).bit_length() - 1 if start else bits
+        span_bits = (end - start + 1).bit_length() - 1
+        b = min(size_bits, span_bits)
+        out.append(f"{_int_to_text(family, start)}/{bits - b}")
+        start += 1 << b
+    return out
+
+
+def int_to_address(family: Family, value: int) -> str:
+    return _int_to_text(family, value)

@@ -1,0 +1,83 @@
+"""Rules that relate one part of a policy file to another.
+
+Checked after the types are valid; each problem carries the path of the offending node so the
+loader can name its line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netpolicy.policy.entries import AllEntry
+from netpolicy.policy.model import Policy
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+
+
+def reference_problems(policy: Policy) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, entries in policy.sender_groups.items():
+        if name == "ALL":
+            problems.append(Problem(("sender_groups", name), "ALL is built in and cannot be defined"))
+        for i, entry in enumerate(entries):
+            if isinstance(entry, AllEntry):
+                problems.append(Problem(("sender_groups", name, i), "ALL is only valid as the HAT group ALL"))
+    seen_names: set[str] = set()
+    seen_binds: set[tuple[str, int]] = set()
+    for li, listener in enumerate(policy.listeners):
+        base: Path = ("listeners", li)
+        if listener.name in seen_names:
+            problems.append(Problem((*base, "name"), f"listener name {listener.name!r} is used twice"))
+        seen_names.add(listener.name)
+        if (listener.address, listener.port) in seen_binds:
+            problems.append(Problem((*base, "port"), f"{listener.address} port {listener.port} is used by two listeners"))
+        seen_binds.add((listener.address, listener.port))
+        problems += _hat_problems(policy, li)
+        if listener.type == "private" and listener.rat is not None:
+            problems.append(Problem((*base, "rat"), "a private listener has no RAT (it is meant for relaying)"))
+        if listener.type == "public" and listener.rat is None:
+            problems.append(Problem(base, "a public listener needs a RAT (end it with {recipient: ALL, action: reject})"))
+        for ri, row in enumerate(listener.rat or []):
+            if row.recipient == "ALL" and ri != len(listener.rat or []) - 1:
+                problems.append(Problem((*base, "rat", ri), "RAT entry ALL must be the last one"))
+        if (listener.tls_cert is None) != (listener.tls_key is None):
+            problems.append(Problem(base, "tls_cert and tls_key go together"))
+        if listener.tls_cert is None and _uses_tls(policy, li):
+            problems.append(Problem(base, "a policy of this listener uses tls but the listener has no tls_cert/tls_key"))
+    return problems
+
+
+def _hat_problems(policy: Policy, li: int) -> list[Problem]:
+    listener = policy.listeners[li]
+    problems: list[Problem] = []
+    last = len(listener.hat) - 1
+    for hi, row in enumerate(listener.hat):
+        path: Path = ("listeners", li, "hat", hi)
+        if row.group != "ALL" and row.group not in policy.sender_groups:
+            problems.append(Problem((*path, "group"), f"unknown sender group {row.group!r}"))
+        if row.group == "ALL" and hi != last:
+            problems.append(Problem((*path, "group"), "ALL must be the last HAT entry"))
+        mfp = policy.mail_flow_policies.get(row.policy)
+        if mfp is None:
+            problems.append(Problem((*path, "policy"), f"unknown mail flow policy {row.policy!r}"))
+        elif row.group == "ALL" and mfp.behavior == "continue":
+            problems.append(Problem((*path, "policy"), "ALL cannot CONTINUE: nothing follows it"))
+    if listener.hat[last].group != "ALL":
+        problems.append(Problem(("listeners", li, "hat", last), "the HAT must end with the group ALL"))
+    return problems
+
+
+def _uses_tls(policy: Policy, li: int) -> bool:
+    listener = policy.listeners[li]
+    modes = {listener.defaults.tls}
+    for row in listener.hat:
+        mfp = policy.mail_flow_policies.get(row.policy)
+        if mfp is not None:
+            modes.add(mfp.tls)
+    return bool(modes & {"preferred", "required"})
