@@ -49,7 +49,7 @@ class _Builder:
         self._constructor = yaml.SafeLoader("")  # only used to resolve scalar values
 
     def build(self, node: yaml.Node, path: Path) -> Any:
-        self.lines[path] = node.start_mark.line + 1
+        self.lines.setdefault(path, node.start_mark.line + 1)  # a key's own line wins
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -70,7 +70,7 @@ class _Builder:
         if not isinstance(node, yaml.ScalarNode):
             return None
         # Sender-group entries are text: YAML would read `10.` as the float 10.0.
-        if path[:1] == ("sender_groups",) and len(path) == 2 and node.tag != "tag:yaml.org,2002:null":
+        if path[:1] == ("sender_groups",) and len(path) == 3 and node.tag != "tag:yaml.org,2002:null":
             return node.value
         return self._constructor.construct_object(node)
 

@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh Debian machine: `make run` and `make test`.
+# Both install what is missing first: Debian packages (as root) and the Python venv.
+
+PYTHON  ?= python3
+VENV    := .venv
+POLICY  ?= examples/policy.yml
+SYSPKGS := nftables iptables ipset iproute2 tcpdump swaks postfix openssl procps
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test sysdeps venv clean
+
+sysdeps:
+	@missing=""; for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root, or apt-get install them)"; exit 1; fi; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+run: sysdeps venv
+	$(VENV)/bin/netpolicy validate -p $(POLICY)
+	$(VENV)/bin/netpolicy compile -p $(POLICY)
+
+test: sysdeps venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

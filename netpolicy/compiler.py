@@ -1,0 +1,107 @@
+"""Policy -> kernel plan: which addresses the kernel may refuse at SYN, per listener.
+
+An address goes into a listener's refuse set only if its HAT decision is TCPREFUSE whatever its
+host name and DNS-list status turn out to be. Walking the HAT top-down for a whole address
+space at once:
+
+- an address entry of a non-CONTINUE row *decides* its addresses; earlier decided addresses are
+  holes in later rows (``10.66.0.5`` TRUSTED before ``10.66.0.0/16`` BLOCKED leaves it out);
+- a host-name or DNS-list entry could match *any* address, so once a row with such an entry and
+  a non-TCPREFUSE behaviour has been passed, no later row can put anything into the kernel: those
+  entries are reported as ``userland_only`` with the row that precedes them;
+- a TCPREFUSE row's own host-name and DNS-list entries are userland-only by nature.
+
+All set arithmetic is on integer intervals (``netpolicy.intervals``), so a million entries
+compile in seconds and the result is already sorted and collapsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netpolicy.intervals import Interval, contains, merge, subtract
+from netpolicy.plan import KernelPlan, ListenerPlan, UserlandOnly
+from netpolicy.policy.entries import V4_MAX, V6_MAX, AddressEntry, DnsListEntry, Entry, HostnameEntry, interval_to_cidrs
+from netpolicy.policy.model import Listener, Policy
+
+_FULL: dict[int, list[Interval]] = {4: [(0, V4_MAX)], 6: [(0, V6_MAX)]}
+
+
+@dataclass
+class CompiledListener:
+    """A listener's plan plus the refuse intervals it was written from (for membership tests)."""
+
+    plan: ListenerPlan
+    refuse: dict[int, list[Interval]]
+
+    def refuses(self, family: int, value: int) -> bool:
+        """Would the kernel refuse this address (``trace``'s "enforced in kernel")?"""
+        ivs = self.refuse[family]
+        return contains(ivs, [s for s, _ in ivs], value)
+
+
+def _describe(entry: Entry, plural: bool = False) -> str:
+    kind = "DNS-list entr" if isinstance(entry, DnsListEntry) else "host-name entr"
+    return kind + ("ies" if plural else "y")
+
+
+def compile_listener(policy: Policy, listener: Listener) -> CompiledListener:
+    decided: dict[int, list[Interval]] = {4: [], 6: []}
+    refuse: dict[int, list[Interval]] = {4: [], 6: []}
+    userland: list[UserlandOnly] = []
+    blocker: str | None = None  # why later rows cannot reach the kernel
+    for row in listener.hat:
+        mfp = policy.mail_flow_policies[row.policy]
+        if mfp.behavior == "continue":
+            continue
+        entries: list[Entry] = [] if row.group == "ALL" else list(policy.sender_groups[row.group])
+        by_family = _row_intervals(row.group, entries)
+        symbolic = [e for e in entries if isinstance(e, (HostnameEntry, DnsListEntry))]
+        if mfp.behavior == "tcprefuse":
+            for entry in symbolic:
+                userland.append(UserlandOnly(row.group, entry.text, f"{_describe(entry, plural=True)} cannot be decided in the kernel"))
+            if not listener.kernel or blocker is not None:
+                reason = f"{blocker} precedes it" if listener.kernel else "kernel enforcement is off for this listener"
+                userland += [UserlandOnly(row.group, text, reason) for text in _address_texts(row.group, entries)]
+            else:
+                for fam in (4, 6):
+                    refuse[fam] = merge(refuse[fam] + subtract(by_family[fam], decided[fam]))
+        elif symbolic and blocker is None:
+            first = symbolic[0]
+            blocker = f"{_describe(first)} {first.text} of {row.group} ({mfp.behavior})"
+        for fam in (4, 6):
+            decided[fam] = merge(decided[fam] + by_family[fam])
+    plan = ListenerPlan(
+        name=listener.name,
+        address=listener.address,
+        port=listener.port,
+        kernel=listener.kernel,
+        refuse4=tuple(c for s, e in refuse[4] for c in interval_to_cidrs(4, s, e)),
+        refuse6=tuple(c for s, e in refuse[6] for c in interval_to_cidrs(6, s, e)),
+        userland_only=tuple(userland),
+    )
+    return CompiledListener(plan, refuse)
+
+
+def _row_intervals(group: str, entries: list[Entry]) -> dict[int, list[Interval]]:
+    if group == "ALL":
+        return {4: list(_FULL[4]), 6: list(_FULL[6])}
+    out: dict[int, list[Interval]] = {4: [], 6: []}
+    for entry in entries:
+        if isinstance(entry, AddressEntry):
+            out[entry.family].append((entry.start, entry.end))
+    return {fam: merge(ivs) for fam, ivs in out.items()}
+
+
+def _address_texts(group: str, entries: list[Entry]) -> list[str]:
+    if group == "ALL":
+        return ["ALL"]
+    return [e.text for e in entries if isinstance(e, AddressEntry)]
+
+
+def compile_policy(policy: Policy) -> KernelPlan:
+    """The kernel plan for every listener (``kernel: false`` listeners get empty sets)."""
+    return KernelPlan(
+        generation=policy.generation(),
+        listeners=tuple(compile_listener(policy, listener).plan for listener in policy.listeners),
+    )

@@ -1,0 +1,592 @@
+"""Convert an appliance HAT export (AsyncOS ``hostaccess`` -> ``export``) into a netpolicy policy file.
+
+The export is the text the appliance writes for one listener's Host Access Table::
+
+    $TRUSTED
+        ACCEPT {
+            max_msgs_per_session = 5000
+            spam_check = "off"
+        }
+    WHITELIST:
+        203.0.113.25
+        .partner.example
+        $TRUSTED (My trusted senders)
+    .spamdomain.com REJECT
+    ALL $ACCEPTED
+
+Policy blocks come first, then sender groups (``NAME:``, one entry per line, ended by the
+``$POLICY (comment)`` line), inline rows (``ENTRY BEHAVIOUR [{...}]`` or ``ENTRY $POLICY``), and
+``ALL`` last. The HAT order of the export is the order of the output.
+
+The importer is deliberately strict: an operator migrates a gateway's access policy with it, so a
+line it cannot translate is an error naming that line, never something quietly left out. What
+the appliance has and netpolicy does not (SenderBase reputation entries, anti-spam switches...)
+is carried into the YAML as comments next to where it was, so the operator sees what changed.
+The result is checked with :func:`parse_policy` before it is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+from pydantic import ValidationError
+
+from netpolicy.policy.entries import AllEntry, EntryError, parse_entry
+from netpolicy.policy.loader import PolicyError, parse_policy
+from netpolicy.policy.model import MailFlowPolicy, PolicyParams
+
+__all__ = ["DEFAULT_LISTENER_DEFAULTS", "HatImportError", "import_hat"]
+
+# The export does not carry the listener's "Default Policy Parameters" (what "Use Default"
+# means on the appliance), so the imported listener gets the values of SPEC.md's example.
+DEFAULT_LISTENER_DEFAULTS: Mapping[str, int] = {
+    "max_msgs_per_session": 1000,
+    "max_rcpts_per_msg": 1000,
+    "max_message_size": 10485760,
+    "max_concurrency": 50,
+}
+
+_BEHAVIORS = {"ACCEPT": "accept", "REJECT": "reject", "TCPREFUSE": "tcprefuse", "RELAY": "relay", "CONTINUE": "continue"}
+
+# Appliance parameter name -> netpolicy parameter name. Both spellings of the rate-limit reply
+# are accepted: the GUI calls them max_rcpts_per_hour_code/_text, netpolicy rate_limit_code/_text.
+_PARAMS = {
+    "max_msgs_per_session": "max_msgs_per_session",
+    "max_rcpts_per_msg": "max_rcpts_per_msg",
+    "max_message_size": "max_message_size",
+    "max_concurrency": "max_concurrency",
+    "max_rcpts_per_hour": "max_rcpts_per_hour",
+    "max_rcpts_per_hour_code": "rate_limit_code",
+    "max_rcpts_per_hour_text": "rate_limit_text",
+    "rate_limit_code": "rate_limit_code",
+    "rate_limit_text": "rate_limit_text",
+    "smtp_banner_code": "smtp_banner_code",
+    "smtp_banner_text": "smtp_banner_text",
+    "reject_banner_code": "reject_banner_code",
+    "reject_banner_text": "reject_banner_text",
+    "tls": "tls",
+    "dhap_limit": "dhap_limit",
+    "dhap_code": "dhap_code",
+    "dhap_text": "dhap_text",
+}
+_TEXT_PARAMS = {"rate_limit_text", "smtp_banner_text", "reject_banner_text", "dhap_text"}
+# Hourly limits where the appliance writes -1 (or 0) for "Unlimited".
+_UNLIMITED_ZERO = {"max_rcpts_per_hour", "dhap_limit"}
+# Appliance TLS values: "on" is netpolicy's "preferred". The *_verify variants also check the
+# client certificate, which netpolicy does not do: imported without it, with a comment saying so.
+_TLS = {"off": "off", "on": "preferred", "preferred": "preferred", "required": "required"}
+_TLS_VERIFY = {"on_verify": "preferred", "preferred_verify": "preferred", "required_verify": "required"}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+# Sender-group entries the appliance has and netpolicy cannot decide (reputation scores).
+_REPUTATION_RE = re.compile(r"^(sbrs|ipr)\[[^\]]*\]$", re.IGNORECASE)
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_GROUP_HEADER_RE = re.compile(rf"^({_NAME}):$")
+_POLICY_REF_RE = re.compile(rf"^\$({_NAME})(?:\s+\((?P<comment>.*)\))?$")
+_TOKEN_RE = re.compile(r'\s*(?:(?P<punct>[{}=])|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^\s{}="]+))')
+# Text made of these characters, not starting with an indicator nor ending in ":", is a plain
+# scalar in block context; whether YAML would read it as a number, bool or null is asked of
+# YAML's own resolver (a fraction of yaml.safe_load's cost, which matters for 1M-entry groups).
+_PLAIN_SAFE_RE = re.compile(r"^[A-Za-z0-9_./](?:[A-Za-z0-9_./:\[\]-]*[A-Za-z0-9_./\]-])?$")
+_RESOLVER = yaml.resolver.Resolver()
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+class HatImportError(ValueError):
+    """An export line that cannot be translated; ``line`` is 1-based (0: the export as a whole)."""
+
+    def __init__(self, line: int, message: str, source: str = "<export>") -> None:
+        self.line = line
+        self.message = message
+        self.source = source
+        super().__init__(f"{source}:{line}: {message}")
+
+
+@dataclass
+class _Value:
+    text: str
+    raw: str  # as written in the export, quotes included, for comments
+    line: int
+
+
+@dataclass
+class _PolicyDef:
+    name: str
+    behavior: str
+    line: int
+    params: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # comments: what the export had and netpolicy cannot do
+
+
+@dataclass
+class _Row:
+    group: str
+    policy: str  # policy name (without $)
+    line: int  # where the policy is named, for unknown-policy errors
+    comment: str | None
+    entries: list[str] = field(default_factory=list)
+    # (position among entries, comment text): entries kept as comments, in their export place.
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _Lines:
+    """The export's lines with a cursor; blank lines and ``#`` comments are not content."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = text.splitlines()
+        self._next = 0
+
+    def next(self) -> tuple[int, str] | None:
+        while self._next < len(self._lines):
+            self._next += 1
+            stripped = self._lines[self._next - 1].strip()
+            if stripped and not stripped.startswith("#"):
+                return self._next, stripped
+        return None
+
+
+class _Importer:
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.lines = _Lines(text)
+        self.policies: dict[str, _PolicyDef] = {}
+        self.rows: list[_Row] = []
+        self.group_names: set[str] = set()
+        self.param_lines: dict[str, dict[str, int]] = {}  # policy -> netpolicy key -> export line
+        self.all_seen = False
+
+    def fail(self, line: int, message: str) -> HatImportError:
+        return HatImportError(line, message, self.source)
+
+    # ---- top level -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while (item := self.lines.next()) is not None:
+            line, text = item
+            if self.all_seen:
+                raise self.fail(line, "nothing may follow the ALL row (it is always the last HAT row)")
+            first, _, rest = text.partition(" ")
+            if text.startswith("$"):
+                self._policy_definition(line, text)
+            elif first == "ALL" or text == "ALL:":
+                self._all_row(line, rest.strip())
+            elif m := _GROUP_HEADER_RE.match(text):
+                self._sender_group(line, m.group(1))
+            else:
+                self._inline_row(line, text)
+        if not self.all_seen:
+            raise self.fail(0, "the export has no ALL row (the HAT must end with ALL $POLICY)")
+        for row in self.rows:
+            if row.policy not in self.policies:
+                raise self.fail(row.line, f"unknown mail flow policy ${row.policy}")
+        all_policy = self.policies[self.rows[-1].policy]
+        if all_policy.behavior == "continue":
+            raise self.fail(self.rows[-1].line, "ALL cannot use a CONTINUE policy: nothing follows it")
+
+    def _policy_definition(self, line: int, text: str) -> None:
+        name_token, _, rest = text.partition(" ")
+        name = name_token[1:]
+        if not re.fullmatch(_NAME, name):
+            raise self.fail(line, f"{name_token!r} is not a policy name")
+        if name in self.policies:
+            raise self.fail(line, f"mail flow policy ${name} is defined twice (first on line {self.policies[name].line})")
+        rest = rest.strip()
+        if rest.startswith("("):
+            raise self.fail(line, f"{text!r} names a policy outside a sender group (a group's $POLICY line ends it)")
+        if not rest:
+            nxt = self.lines.next()
+            if nxt is None:
+                raise self.fail(line, f"policy ${name} has no behaviour (ACCEPT, REJECT, TCPREFUSE, RELAY or CONTINUE)")
+            line, rest = nxt
+        self.policies[name] = self._behaviour_and_block(name, line, rest)
+
+    def _sender_group(self, line: int, name: str) -> None:
+        self._claim_group(line, name)
+        entries: list[str] = []
+        dropped: list[tuple[int, str]] = []
+        while True:
+            item = self.lines.next()
+            if item is None:
+                raise self.fail(line, f"sender group {name} ends without its $POLICY line")
+            entry_line, text = item
+            if _GROUP_HEADER_RE.match(text):
+                raise self.fail(entry_line, f"sender group {name} (line {line}) ends without its $POLICY line")
+            if text.startswith("$") or text.partition(" ")[0].upper() in _BEHAVIORS:
+                policy, comment = self._policy_spec(name, entry_line, text)
+                self.rows.append(_Row(name, policy, entry_line, comment, entries, dropped))
+                return
+            for part in (p.strip() for p in text.split(",")):
+                if not part:
+                    continue
+                if _REPUTATION_RE.match(part):
+                    dropped.append((len(entries), f"{part} (SenderBase reputation, line {entry_line}: netpolicy has no reputation service; not imported)"))
+                else:
+                    entries.append(self._entry(entry_line, part))
+
+    def _all_row(self, line: int, rest: str) -> None:
+        if not rest:
+            nxt = self.lines.next()
+            if nxt is None:
+                raise self.fail(line, "ALL has no policy (write ALL $POLICY)")
+            line, rest = nxt
+        policy, comment = self._policy_spec("ALL", line, rest)
+        self.rows.append(_Row("ALL", policy, line, comment))
+        self.all_seen = True
+
+    def _inline_row(self, line: int, text: str) -> None:
+        entry_text, _, rest = text.partition(" ")
+        rest = rest.strip()
+        if not rest or not (rest.startswith("$") or rest.partition(" ")[0].upper() in _BEHAVIORS):
+            raise self.fail(
+                line,
+                f"cannot read {text!r}: expected a policy ($NAME BEHAVIOUR {{...}}), a sender group (NAME:), "
+                "an inline row (ENTRY BEHAVIOUR or ENTRY $POLICY) or ALL $POLICY",
+            )
+        if _REPUTATION_RE.match(entry_text):
+            raise self.fail(line, f"{entry_text}: SenderBase reputation rows cannot be imported (netpolicy has no reputation service)")
+        entry = self._entry(line, entry_text)
+        group = self._unique(self.group_names, "INLINE_" + (re.sub(r"[^A-Za-z0-9]+", "_", entry).strip("_").upper() or "ROW"))
+        self._claim_group(line, group)
+        policy, comment = self._policy_spec(group, line, rest)
+        self.rows.append(_Row(group, policy, line, comment or f"inline row {text!r}", [entry]))
+
+    # ---- pieces ----------------------------------------------------------------------------
+
+    def _claim_group(self, line: int, name: str) -> None:
+        if name in self.group_names:
+            raise self.fail(line, f"sender group {name} appears twice")
+        self.group_names.add(name)
+
+    @staticmethod
+    def _unique(taken: Mapping[str, object] | set[str], base: str) -> str:
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        return name
+
+    def _entry(self, line: int, text: str) -> str:
+        try:
+            parsed = parse_entry(text)
+        except EntryError as exc:
+            raise self.fail(line, str(exc)) from None
+        if isinstance(parsed, AllEntry):
+            raise self.fail(line, "ALL is only valid as the last HAT row (ALL $POLICY), not as a sender-group entry")
+        return parsed.text
+
+    def _policy_spec(self, row_name: str, line: int, text: str) -> tuple[str, str | None]:
+        """``$NAME (comment)`` names a policy; ``BEHAVIOUR [{...}]`` defines one for this row."""
+        if text.startswith("$"):
+            m = _POLICY_REF_RE.match(text)
+            if not m:
+                raise self.fail(line, f"cannot read policy line {text!r} (expected $POLICY or $POLICY (comment))")
+            return m.group(1), m.group("comment")
+        name = self._unique(self.policies, row_name)
+        self.policies[name] = self._behaviour_and_block(name, line, text)
+        return name, None
+
+    def _behaviour_and_block(self, name: str, line: int, text: str) -> _PolicyDef:
+        word, _, rest = text.partition(" ")
+        behavior = _BEHAVIORS.get(word.upper())
+        if behavior is None:
+            raise self.fail(line, f"{word!r} is not a behaviour (ACCEPT, REJECT, TCPREFUSE, RELAY or CONTINUE)")
+        policy = _PolicyDef(name, behavior, line)
+        rest = rest.strip()
+        if rest:
+            if not rest.startswith("{"):
+                raise self.fail(line, f"expected {{ parameters }} after {word}, found {rest!r}")
+            self._block(policy, line, rest)
+        self._validate(policy)
+        return policy
+
+    def _block(self, policy: _PolicyDef, line: int, text: str) -> None:
+        """Parse ``{ key = value ... }``, which may span lines, into the policy's parameters."""
+        start = line
+        tokens = self._tokens(line, text)
+        assert tokens and tokens[0][0] == "{"
+        tokens.pop(0)
+        seen: dict[str, int] = {}
+        while True:
+            while not tokens:
+                item = self.lines.next()
+                if item is None:
+                    raise self.fail(start, f"the {{ parameters }} block of ${policy.name} is not closed")
+                line, more = item
+                tokens = self._tokens(line, more)
+            kind, key_text, key_line = tokens.pop(0)
+            if kind == "}":
+                if tokens:
+                    raise self.fail(key_line, f"unexpected {tokens[0][1]!r} after the closing }}")
+                return
+            if kind != "bare" or len(tokens) < 2 or tokens[0][0] != "=" or tokens[1][0] not in ("bare", "quoted"):
+                raise self.fail(key_line, f"expected key = value in the parameters of ${policy.name}, found {key_text!r}")
+            tokens.pop(0)
+            value_kind, value_raw, _ = tokens.pop(0)
+            if key_text in seen:
+                raise self.fail(key_line, f"parameter {key_text} is given twice (first on line {seen[key_text]})")
+            seen[key_text] = key_line
+            text_value = _unquote(value_raw) if value_kind == "quoted" else value_raw
+            self._param(policy, key_text, _Value(text_value, value_raw, key_line))
+
+    def _tokens(self, line: int, text: str) -> list[tuple[str, str, int]]:
+        """``(kind, text, line)`` tokens; kind is ``{``, ``}``, ``=``, ``quoted`` or ``bare``."""
+        tokens: list[tuple[str, str, int]] = []
+        pos = 0
+        text = text.rstrip()
+        while pos < len(text):
+            m = _TOKEN_RE.match(text, pos)
+            if not m or m.end() == pos:
+                raise self.fail(line, f"cannot read {text[pos:].strip()!r} (an unterminated quoted string?)")
+            if m.group("punct"):
+                tokens.append((m.group("punct"), m.group("punct"), line))
+            elif m.group("quoted") is not None:
+                tokens.append(("quoted", m.group(0).strip(), line))
+            else:
+                tokens.append(("bare", m.group("bare"), line))
+            pos = m.end()
+        return tokens
+
+    def _param(self, policy: _PolicyDef, key: str, value: _Value) -> None:
+        target = _PARAMS.get(key)
+        if target is None:
+            policy.notes.append(f"{key} = {value.raw} (line {value.line}: no netpolicy equivalent; not imported)")
+            return
+        if value.text.strip().lower() in ("default", "use default"):
+            return  # "Use Default": unset here means the listener's defaults, as on the appliance
+        policy.params[target] = self._convert(target, value, policy)
+        self.param_lines.setdefault(policy.name, {})[target] = value.line
+
+    def _convert(self, target: str, value: _Value, policy: _PolicyDef) -> object:
+        text = value.text.strip()
+        if target in _TEXT_PARAMS:
+            return value.text
+        if target == "tls":
+            mode = text.lower()
+            if mode in _TLS:
+                return _TLS[mode]
+            if mode in _TLS_VERIFY:
+                policy.notes.append(
+                    f"tls = {value.raw} (line {value.line}: netpolicy does not verify client certificates; "
+                    f"imported as tls: {_TLS_VERIFY[mode]})"
+                )
+                return _TLS_VERIFY[mode]
+            raise self.fail(value.line, f"tls = {value.raw}: expected off, on, required (or default)")
+        number = _size(text) if target == "max_message_size" else _int(text)
+        if number is None:
+            unit = " (a size may end in k, M or G)" if target == "max_message_size" else ""
+            raise self.fail(value.line, f"{target} = {value.raw}: not a whole number{unit}")
+        if number == -1 or (number == 0 and target in _UNLIMITED_ZERO):
+            return _UNLIMITED
+        return number
+
+    def _validate(self, policy: _PolicyDef) -> None:
+        """Check the values now, so a bad one is reported at its export line."""
+        values = {k: v for k, v in policy.params.items() if v is not _UNLIMITED}
+        try:
+            MailFlowPolicy.model_validate({"behavior": policy.behavior, **values})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = str(err["loc"][0]) if err["loc"] else ""
+            line = self.param_lines.get(policy.name, {}).get(key, policy.line)
+            raise self.fail(line, f"${policy.name}: {key}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+class _Unlimited:
+    """The appliance's "Unlimited": netpolicy leaves the key unset (no limit) and says so."""
+
+    def __repr__(self) -> str:
+        return "unlimited"
+
+
+_UNLIMITED = _Unlimited()
+
+
+def _unquote(raw: str) -> str:
+    return re.sub(r'\\(["\\])', r"\1", raw[1:-1])
+
+
+def _int(text: str) -> int | None:
+    return int(text) if re.fullmatch(r"-?\d+", text) else None
+
+
+def _size(text: str) -> int | None:
+    m = re.fullmatch(r"(-?\d+)\s*([kKmMgG]?)[bB]?", text)
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()] if m else None
+
+
+def _scalar(text: str) -> str:
+    """``text`` as a YAML scalar that reads back as exactly this string."""
+    if _PLAIN_SAFE_RE.match(text) and _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG:
+        return text
+    return json.dumps(text)
+
+
+def import_hat(
+    text: str,
+    source: str = "<export>",
+    listener_name: str = "IncomingMail",
+    *,
+    listener_type: Literal["public", "private"] = "public",
+    address: str = "127.0.0.1",
+    port: int = 2525,
+    hostname: str = "localhost",
+    kernel: bool = True,
+    maildir: str = "var/maildir",
+    next_hop: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    defaults: Mapping[str, object] | None = None,
+) -> str:
+    """Translate the text of an appliance HAT export into a commented netpolicy policy file.
+
+    ``source`` names the export in error messages. The listener fields describe the one listener
+    the export becomes (an export is one listener's HAT). ``defaults`` are the listener's "Use
+    Default" values; the export does not carry them, so :data:`DEFAULT_LISTENER_DEFAULTS` is used
+    when not given. Raises :class:`HatImportError` naming the export line of anything it cannot
+    translate, and ``ValueError`` when the listener arguments make an invalid policy.
+    """
+    importer = _Importer(text, source)
+    importer.run()
+    listener_defaults = dict(DEFAULT_LISTENER_DEFAULTS if defaults is None else defaults)
+    try:
+        PolicyParams.model_validate(listener_defaults)
+    except ValidationError as exc:
+        raise ValueError(f"listener defaults: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    for policy in importer.policies.values():
+        for key, value in policy.params.items():
+            if value is _UNLIMITED and key in listener_defaults:
+                raise importer.fail(
+                    importer.param_lines[policy.name][key],
+                    f"${policy.name}: {key} is unlimited, but the listener defaults limit it to {listener_defaults[key]} "
+                    "and netpolicy cannot override a default with 'no limit' (import with defaults that leave it out)",
+                )
+    # A policy with TLS needs a certificate on the listener: without one the output would not
+    # validate, and turning TLS off would weaken the imported policy. So: a path to fill in.
+    uses_tls = any(p.params.get("tls") in ("preferred", "required") for p in importer.policies.values())
+    tls_placeholder = uses_tls and tls_cert is None
+    if uses_tls:
+        tls_cert = tls_cert or f"/etc/netpolicy/{listener_name}.pem"
+        tls_key = tls_key or f"/etc/netpolicy/{listener_name}.key"
+    out = _render(
+        importer,
+        listener_name=listener_name,
+        listener_type=listener_type,
+        address=address,
+        port=port,
+        hostname=hostname,
+        kernel=kernel,
+        maildir=maildir,
+        next_hop=next_hop,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_placeholder=tls_placeholder,
+        defaults=listener_defaults,
+    )
+    try:
+        parse_policy(out, f"{source} (imported)")
+    except PolicyError as exc:
+        raise ValueError(f"the imported policy is not valid with these listener settings:\n{exc}") from None
+    return out
+
+
+def _render(
+    importer: _Importer,
+    *,
+    listener_name: str,
+    listener_type: str,
+    address: str,
+    port: int,
+    hostname: str,
+    kernel: bool,
+    maildir: str,
+    next_hop: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_placeholder: bool,
+    defaults: Mapping[str, object],
+) -> str:
+    out: list[str] = [
+        f"# Imported from the appliance HAT export {importer.source} by `netpolicy import-hat`.",
+        "# Review the lines marked EDIT; comments name what the export had and netpolicy does not.",
+        "version: 1",
+        "listeners:",
+        f"  - name: {_scalar(listener_name)}",
+        f"    type: {listener_type}",
+        f"    address: {_scalar(address)}",
+        f"    port: {int(port)}",
+        f"    hostname: {_scalar(hostname)}   # EDIT: the name this gateway announces in its banner",
+        f"    kernel: {'true' if kernel else 'false'}   # TCPREFUSE rows are refused in netfilter",
+    ]
+    if tls_cert is not None:
+        note = "   # EDIT: the export's policies use TLS; put this listener's certificate here" if tls_placeholder else ""
+        out.append(f"    tls_cert: {_scalar(tls_cert)}{note}")
+    if tls_key is not None:
+        out.append(f"    tls_key: {_scalar(tls_key)}")
+    out.append("    hat:   # the export's order: top to bottom, first match wins, ALL last")
+    for row in importer.rows:
+        line = f"      - {{group: {_scalar(row.group)}, policy: {_scalar(row.policy)}}}"
+        out.append(f"{line}   # {_one_line(row.comment)}" if row.comment else line)
+    if listener_type == "public":
+        out += [
+            "    rat:",
+            "      # EDIT: the export has no Recipient Access Table. Add the domains this gateway",
+            "      # accepts mail for above the last row, for example:",
+            "      #   - {recipient: example.com, action: accept}",
+            "      - {recipient: ALL, action: reject}",
+        ]
+    out.append("    # The export does not carry the listener's Default Policy Parameters (\"Use Default\").")
+    out.append("    # EDIT: set these to the appliance listener's values.")
+    if defaults:
+        out.append("    defaults:")
+        out += [f"      {key}: {_value(value)}" for key, value in defaults.items()]
+    out.append("    delivery:")
+    out.append(f"      next_hop: {_scalar(next_hop)}" if next_hop else f"      maildir: {_scalar(maildir)}")
+
+    groups = [row for row in importer.rows if row.group != "ALL"]
+    out.append("sender_groups:" if groups else "sender_groups: {}")
+    for row in groups:
+        key = _scalar(row.group)
+        if not row.entries:
+            out += [f"  # {text}" for _, text in row.dropped]
+            out.append(f"  {key}: []")
+            continue
+        out.append(f"  {key}:")
+        dropped: dict[int, list[str]] = {}
+        for position, text in row.dropped:
+            dropped.setdefault(position, []).append(text)
+        for i, entry in enumerate(row.entries):
+            out += [f"    # {text}" for text in dropped.get(i, [])]
+            out.append(f"    - {_scalar(entry)}")
+        out += [f"    # {text}" for text in dropped.get(len(row.entries), [])]
+
+    out.append("mail_flow_policies:")
+    for policy in importer.policies.values():
+        out.append(f"  {_scalar(policy.name)}:")
+        out.append(f"    behavior: {policy.behavior}")
+        unlimited: list[str] = []
+        for key, value in policy.params.items():
+            if value is _UNLIMITED:
+                unlimited.append(key)
+            else:
+                out.append(f"    {key}: {_value(value)}")
+        out += [f"    # {key}: unlimited in the export (left unset: no limit)" for key in unlimited]
+        if policy.notes:
+            out.append("    # from the export, not imported:")
+            out += [f"    #   {_one_line(note)}" for note in policy.notes]
+    return "\n".join(out) + "\n"
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

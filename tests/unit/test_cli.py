@@ -1,0 +1,80 @@
+"""The command line as a user runs it: exit codes, JSON keys and messages of SPEC.md section 4."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from netpolicy.cli import cli
+
+EXAMPLE = str(Path(__file__).parents[2] / "examples" / "policy.yml")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_validate_ok_and_errors(tmp_path: Path) -> None:
+    code, out, _ = run("validate", "-p", EXAMPLE)
+    assert code == 0 and "ok" in out
+    bad = tmp_path / "bad.yml"
+    bad.write_text(Path(EXAMPLE).read_text().replace("127.0.0.77", "10.1.1.300").replace("max_concurrency: 50", "max_conc: 50"))
+    code, _, err = run("validate", "-p", str(bad))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{bad}:") for line in lines)
+    assert "'10.1.1.300' is not an IPv4 address" in err and "unknown key 'max_conc'" in err
+
+
+def test_trace_json_has_exactly_the_spec_keys() -> None:
+    code, out, _ = run("trace", "-p", EXAMPLE, "192.0.2.9", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "listener": "IncomingMail",
+        "address": "192.0.2.9",
+        "sender_group": "BLACKLIST",
+        "match": "192.0.2.0/24",
+        "policy": "BLOCKED",
+        "behavior": "tcprefuse",
+        "enforced_in": "kernel",
+    }
+
+
+def test_trace_hostname_and_dnslist_are_userland() -> None:
+    code, out, _ = run("trace", "-p", EXAMPLE, "127.0.0.5", "--hostname", "mx.spam.example", "--json")
+    assert code == 0 and json.loads(out)["sender_group"] == "REJECTLIST" and json.loads(out)["enforced_in"] == "userland"
+    code, out, _ = run("trace", "-p", EXAMPLE, "127.0.0.5", "--dnslisted", "bl.example.test", "--json")
+    assert json.loads(out)["policy"] == "THROTTLED"
+
+
+def test_trace_human_output_and_bad_input() -> None:
+    code, out, _ = run("trace", "-p", EXAMPLE, "127.0.0.77")
+    assert code == 0 and "REJECTLIST" in out and "reject" in out
+    code, _, err = run("trace", "-p", EXAMPLE, "10.1.1.300")
+    assert code == 2 and "not an IPv4 address" in err
+    code, _, err = run("trace", "-p", EXAMPLE, "10.1.1.3", "--listener", "Nope")
+    assert code == 2 and "no listener 'Nope'" in err
+
+
+def test_compile_json_shape() -> None:
+    code, out, _ = run("compile", "-p", EXAMPLE, "--json")
+    assert code == 0
+    lst = json.loads(out)["listeners"][0]
+    assert {"name", "address", "port", "refuse", "userland_only"} <= set(lst)
+    assert lst["refuse"]["ipv4"][:2] == ["127.0.0.66/32", "192.0.2.0/24"]
+    assert lst["refuse"]["ipv6"] == ["2001:db8:bad::/48"]
+
+
+def test_schema_and_module_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "netpolicy", "schema"], capture_output=True, text=True, check=True)
+    schema = json.loads(proc.stdout)
+    assert "listeners" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_policy_from_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NETPOLICY_POLICY", EXAMPLE)
+    code, out, _ = run("validate")
+    assert code == 0 and EXAMPLE in out
