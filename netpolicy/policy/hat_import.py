@@ -151,6 +151,8 @@ class _Lines:
 
 
 class _Importer:
+    """One pass over the export, collecting policies and HAT rows in the export's order."""
+
     def __init__(self, text: str, source: str) -> None:
         self.source = source
         self.lines = _Lines(text)
@@ -193,11 +195,11 @@ class _Importer:
         name = name_token[1:]
         if not re.fullmatch(_NAME, name):
             raise self.fail(line, f"{name_token!r} is not a policy name")
-        if name in self.policies:
-            raise self.fail(line, f"mail flow policy ${name} is defined twice (first on line {self.policies[name].line})")
         rest = rest.strip()
         if rest.startswith("("):
             raise self.fail(line, f"{text!r} names a policy outside a sender group (a group's $POLICY line ends it)")
+        if name in self.policies:
+            raise self.fail(line, f"mail flow policy ${name} is defined twice (first on line {self.policies[name].line})")
         if not rest:
             nxt = self.lines.next()
             if nxt is None:
@@ -539,10 +541,12 @@ def _render(
             "      - {recipient: ALL, action: reject}",
         ]
     out.append("    # The export does not carry the listener's Default Policy Parameters (\"Use Default\").")
-    out.append("    # EDIT: set these to the appliance listener's values.")
     if defaults:
+        out.append("    # EDIT: set these to the appliance listener's values.")
         out.append("    defaults:")
         out += [f"      {key}: {_value(value)}" for key, value in defaults.items()]
+    else:
+        out.append("    # EDIT: add a defaults: block with the appliance listener's values.")
     out.append("    delivery:")
     out.append(f"      next_hop: {_scalar(next_hop)}" if next_hop else f"      maildir: {_scalar(maildir)}")
 

@@ -1,0 +1,287 @@
+"""import-hat: an appliance HAT export becomes a policy that validates and decides like the export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from netpolicy.hat import HatIndex, build_hat_indexes
+from netpolicy.policy import Policy, parse_policy
+from netpolicy.policy.hat_import import HatImportError, import_hat
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "hat_export.txt"
+
+
+def sample_text() -> str:
+    return SAMPLE.read_text(encoding="utf-8")
+
+
+def imported(text: str, **kwargs: object) -> Policy:
+    return parse_policy(import_hat(text, **kwargs))  # type: ignore[arg-type]
+
+
+def hat_of(policy: Policy, listener: str = "IncomingMail") -> HatIndex:
+    return build_hat_indexes(policy)[listener]
+
+
+def export_line(text: str, needle: str) -> int:
+    """1-based line of the first export line containing ``needle``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def error_of(text: str, **kwargs: object) -> HatImportError:
+    with pytest.raises(HatImportError) as info:
+        import_hat(text, source="hat.txt", **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+# ---- the sample export -----------------------------------------------------------------------
+
+
+def test_sample_keeps_the_hat_order_of_the_export() -> None:
+    policy = imported(sample_text())
+    listener = policy.listener("IncomingMail")
+    assert [(row.group, row.policy) for row in listener.hat] == [
+        ("RELAYLIST", "RELAYED"),
+        ("WATCHLIST", "MONITORED"),
+        ("WHITELIST", "TRUSTED"),
+        ("BLACKLIST", "BLOCKED"),
+        ("REJECTLIST", "REJECTED"),
+        ("SUSPECTLIST", "THROTTLED"),
+        ("UNKNOWNLIST", "ACCEPTED"),
+        ("INLINE_SPAMDOMAIN_COM", "INLINE_SPAMDOMAIN_COM"),
+        ("INLINE_203_0_113", "INLINE_203_0_113"),
+        ("ALL", "ACCEPTED"),
+    ]
+    # Entries are copied as text, in the export's order; reputation entries are not entries.
+    assert [e.text for e in policy.sender_groups["WHITELIST"]] == [
+        "203.0.113.25",
+        "2001:db8:1::25",
+        "198.51.100.10-20",
+        "mail.partner.example",
+        ".trusted-partner.example",
+    ]
+    assert [e.text for e in policy.sender_groups["SUSPECTLIST"]] == ["dnslist[bl.example.net]", "198.51.100."]
+    assert policy.sender_groups["UNKNOWNLIST"] == []
+
+
+@pytest.mark.parametrize(
+    ("address", "hostname", "listed", "group", "match", "behavior"),
+    [
+        ("10.20.7.9", None, False, "RELAYLIST", "10.20.0.0/16", "relay"),  # CIDR
+        ("192.168.10.44", None, False, "RELAYLIST", "192.168.10.", "relay"),  # partial address
+        ("203.0.113.25", None, False, "WHITELIST", "203.0.113.25", "accept"),  # before the inline 203.0.113. row
+        ("2001:db8:1::25", None, False, "WHITELIST", "2001:db8:1::25", "accept"),
+        ("198.51.100.15", None, False, "WHITELIST", "198.51.100.10-20", "accept"),  # last-octet range
+        ("198.51.100.21", None, False, "SUSPECTLIST", "198.51.100.", "accept"),  # just past the range
+        ("8.8.4.4", "mail.partner.example", False, "WHITELIST", "mail.partner.example", "accept"),
+        ("8.8.4.4", "mx2.trusted-partner.example", False, "WHITELIST", ".trusted-partner.example", "accept"),
+        ("192.0.2.10", None, False, "BLACKLIST", "192.0.2.0/24", "reject"),  # WATCHLIST CONTINUEs past it
+        ("2001:db8:bad::1", None, False, "BLACKLIST", "2001:db8:bad::/48", "reject"),
+        ("172.16.6.1", None, False, "REJECTLIST", "172.16.5.1-172.16.6.255", "reject"),  # full range
+        ("8.8.4.4", "out.bulk-sender.example", False, "REJECTLIST", ".bulk-sender.example", "reject"),
+        ("8.8.4.4", None, True, "SUSPECTLIST", "dnslist[bl.example.net]", "accept"),
+        ("8.8.4.4", "a.b.spamdomain.com", False, "INLINE_SPAMDOMAIN_COM", ".spamdomain.com", "reject"),
+        ("203.0.113.99", None, False, "INLINE_203_0_113", "203.0.113.", "tcprefuse"),
+        ("8.8.4.4", "mail.elsewhere.example", False, "ALL", "ALL", "accept"),
+    ],
+)
+def test_sample_decides_like_the_export(
+    address: str, hostname: str | None, listed: bool, group: str, match: str, behavior: str
+) -> None:
+    decision = hat_of(imported(sample_text())).decide(address, hostname=hostname, dnslisted=lambda zone: listed and zone == "bl.example.net")
+    assert (decision.sender_group, decision.match, decision.behavior) == (group, match, behavior)
+
+
+def test_sample_parameters_are_mapped() -> None:
+    hat = hat_of(imported(sample_text()))
+    trusted = hat.decide("203.0.113.25").policy
+    assert (trusted.max_msgs_per_session, trusted.max_rcpts_per_msg, trusted.max_concurrency) == (5000, 5000, 600)
+    assert trusted.max_message_size == 100 * 1024 * 1024
+    assert (trusted.max_rcpts_per_hour, trusted.dhap_limit) == (None, None)  # "unlimited" in the export
+    throttled = hat.decide("198.51.100.200").policy
+    assert (throttled.max_rcpts_per_hour, throttled.rate_limit_code, throttled.dhap_limit) == (20, 452, 10)
+    assert throttled.rate_limit_text == "Too many recipients from $RemoteIP this hour"
+    assert throttled.max_message_size == 1024 * 1024
+    # smtp_banner_code = "default" / smtp_banner_text = "Use Default": left to the defaults.
+    assert (throttled.smtp_banner_code, throttled.smtp_banner_text) == (220, "$Hostname ESMTP")
+    rejected = hat.decide("172.16.5.1").policy
+    assert (rejected.reject_banner_code, rejected.reject_banner_text) == (554, "$Hostname: $RemoteIP is not welcome here")
+    accepted = hat.decide("8.8.8.8").policy
+    assert (accepted.name, accepted.max_msgs_per_session, accepted.max_message_size) == ("ACCEPTED", 1000, 10485760)
+
+
+def test_sample_unknown_parameters_and_reputation_entries_are_comments() -> None:
+    text = sample_text()
+    out = import_hat(text, source="hat_export.txt")
+    comments = [line.strip() for line in out.splitlines() if line.strip().startswith("#")]
+    for needle, name in [
+        ('spam_check = "off"', "spam_check"),
+        ('use_sb = "on"', "use_sb"),
+        ('use_override_hostname = "off"', "use_override_hostname"),
+    ]:
+        line = export_line(text, needle)
+        assert any(needle in c and f"line {line}" in c for c in comments), name
+    assert sum("virus_check" in c for c in comments) == 3  # TRUSTED, THROTTLED, RELAYED
+    for reputation in ["sbrs[8.0:10.0]", "sbrs[-10.0:-3.0]", "sbrs[-3.0:-1.0]", "sbrs[-1.0:8.0]", "sbrs[none]"]:
+        assert any(c.startswith(f"# {reputation} ") for c in comments), reputation
+    # Comments only: no unknown key reaches the data.
+    data = yaml.safe_load(out)
+    assert set(data["mail_flow_policies"]["TRUSTED"]) == {
+        "behavior", "tls", "max_msgs_per_session", "max_message_size", "max_rcpts_per_msg", "max_concurrency",
+    }
+
+
+def test_sample_comment_of_the_unknown_parameter_sits_with_its_policy() -> None:
+    out = import_hat(sample_text()).splitlines()
+    start = out.index("  RELAYED:")
+    end = next(i for i in range(start + 1, len(out)) if out[i].startswith("  ") and not out[i].startswith("    "))
+    block = "\n".join(out[start:end])
+    assert "spam_check" in block and "use_sb" in block and "behavior: relay" in block
+
+
+def test_listener_defaults_and_rat_must_be_edited() -> None:
+    out = import_hat(sample_text())
+    policy = parse_policy(out)
+    listener = policy.listener("IncomingMail")
+    assert (listener.address, listener.port, listener.type, listener.delivery.maildir) == ("127.0.0.1", 2525, "public", "var/maildir")
+    assert [(r.recipient, r.action) for r in listener.rat or []] == [("ALL", "reject")]
+    rat_lines = out[out.index("    rat:") : out.index("{recipient: ALL, action: reject}")]
+    assert "EDIT" in rat_lines and "domains" in rat_lines
+
+
+# ---- forms and options -----------------------------------------------------------------------
+
+
+def test_listener_fields_are_parameters() -> None:
+    text = "$RELAYED\n  RELAY {}\n$BLOCKED\n  REJECT {}\nRELAYLIST:\n  10.0.0.0/8\n  $RELAYED\nALL $BLOCKED\n"
+    policy = imported(
+        text,
+        listener_name="Outbound",
+        listener_type="private",
+        address="::1",
+        port=10025,
+        hostname="relay.example.test",
+        kernel=False,
+        next_hop="127.0.0.1:10026",
+        defaults={"max_message_size": 2048},
+    )
+    listener = policy.listener("Outbound")
+    assert (listener.type, listener.address, listener.port, listener.hostname, listener.kernel) == ("private", "::1", 10025, "relay.example.test", False)
+    assert listener.rat is None
+    assert (listener.delivery.next_hop, listener.delivery.maildir) == ("127.0.0.1:10026", None)
+    assert listener.defaults.max_message_size == 2048 and listener.defaults.max_concurrency is None
+    assert hat_of(policy, "Outbound").decide("10.1.2.3").behavior == "relay"
+    assert hat_of(policy, "Outbound").decide("11.1.2.3").behavior == "reject"
+
+
+def test_bad_listener_arguments_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="not valid with these listener settings") as info:
+        import_hat("ALL ACCEPT\n", address="not-an-address")
+    assert not isinstance(info.value, HatImportError)
+
+
+def test_two_line_all_inline_blocks_and_inline_policy_references() -> None:
+    text = (
+        "# exported by hand\n"
+        "$ACCEPTED ACCEPT { max_message_size = 2M max_concurrency = 5 }\n"
+        "$BLOCKED\n"
+        "    TCPREFUSE {}\n"
+        "10.1.1.7 $BLOCKED\n"
+        "10.1.1.0/24 ACCEPT { max_msgs_per_session = 3 }\n"
+        "PARTNERS:\n"
+        "    10.2.0.1, 10.2.0.2\n"
+        "    REJECT {\n"
+        '        reject_banner_text = "Go away \\"$RemoteIP\\""\n'
+        "    }\n"
+        "ALL\n"
+        "    $ACCEPTED (Everyone else)\n"
+    )
+    policy = imported(text)
+    hat = hat_of(policy)
+    assert [row.group for row in policy.listener("IncomingMail").hat] == ["INLINE_10_1_1_7", "INLINE_10_1_1_0_24", "PARTNERS", "ALL"]
+    assert hat.decide("10.1.1.7").behavior == "tcprefuse"
+    inline = hat.decide("10.1.1.8").policy
+    assert (inline.behavior, inline.max_msgs_per_session) == ("accept", 3)
+    partners = hat.decide("10.2.0.2").policy
+    assert (partners.name, partners.behavior, partners.reject_banner_text) == ("PARTNERS", "reject", 'Go away "$RemoteIP"')
+    everyone = hat.decide("9.9.9.9").policy
+    assert (everyone.max_message_size, everyone.max_concurrency) == (2 * 1024 * 1024, 5)
+
+
+def test_inline_rows_with_the_same_name_get_distinct_groups() -> None:
+    policy = imported("10.1.1.0/24 REJECT\n10.1.1.0-24 TCPREFUSE\nALL ACCEPT\n")
+    assert [row.group for row in policy.listener("IncomingMail").hat] == ["INLINE_10_1_1_0_24", "INLINE_10_1_1_0_24_2", "ALL"]
+
+
+def test_tls_policies_get_a_certificate_to_fill_in() -> None:
+    text = '$SECURE\n  ACCEPT {\n    tls = "required_verify"\n  }\nALL $SECURE\n'
+    out = import_hat(text)
+    listener = parse_policy(out).listener("IncomingMail")
+    assert (listener.tls_cert, listener.tls_key) == ("/etc/netpolicy/IncomingMail.pem", "/etc/netpolicy/IncomingMail.key")
+    assert any("tls_cert" in line and "EDIT" in line for line in out.splitlines())
+    assert any("required_verify" in line and "does not verify client certificates" in line for line in out.splitlines())
+    assert hat_of(parse_policy(out)).decide("1.2.3.4").policy.tls == "required"
+    given = parse_policy(import_hat(text.replace("required_verify", "on"), tls_cert="/c.pem", tls_key="/k.pem"))
+    assert given.listener("IncomingMail").tls_cert == "/c.pem"
+    assert hat_of(given).decide("1.2.3.4").policy.tls == "preferred"
+
+
+def test_names_yaml_would_misread_are_quoted() -> None:
+    policy = imported("$ON\n  ACCEPT {}\nNO:\n  10.\n  $ON\nALL $ON\n")
+    assert list(policy.sender_groups) == ["NO"] and [e.text for e in policy.sender_groups["NO"]] == ["10."]
+    assert list(policy.mail_flow_policies) == ["ON"]
+
+
+# ---- errors name the export line ---------------------------------------------------------------
+
+GOOD_HEAD = "$ACCEPTED\n    ACCEPT {}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "message"),
+    [
+        (GOOD_HEAD + "WHITELIST:\n    10.1.1.300\n    $ACCEPTED\nALL $ACCEPTED\n", "10.1.1.300", "is not an IPv4 address"),
+        (GOOD_HEAD + "WHITELIST:\n    10.1.1.1\n    $TRUSTED (nope)\nALL $ACCEPTED\n", "$TRUSTED", "unknown mail flow policy $TRUSTED"),
+        (GOOD_HEAD + "WHITELIST:\n    10.1.1.1\nBLACKLIST:\n    10.2.2.2\n    $ACCEPTED\nALL $ACCEPTED\n", "BLACKLIST:", "ends without its $POLICY line"),
+        (GOOD_HEAD + "WHITELIST:\n    10.1.1.1\n    $ACCEPTED\nWHITELIST:\n    $ACCEPTED\nALL $ACCEPTED\n", "WHITELIST:\n    $", "appears twice"),
+        (GOOD_HEAD + "$ACCEPTED\n    REJECT {}\nALL $ACCEPTED\n", "$ACCEPTED\n    REJECT", "defined twice"),
+        (GOOD_HEAD + "$SLOW\n    THROTTLE {}\nALL $ACCEPTED\n", "THROTTLE", "is not a behaviour"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_message_size = lots\n    }\nALL $ACCEPTED\n", "lots", "not a whole number"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_msgs_per_session = 0\n    }\nALL $ACCEPTED\n", "= 0", "greater than 0"),
+        (GOOD_HEAD + "$SLOW\n    REJECT {\n        reject_banner_code = 250\n    }\nALL $ACCEPTED\n", "= 250", "reject_banner_code"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        tls = \"sometimes\"\n    }\nALL $ACCEPTED\n", "sometimes", "expected off, on, required"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency = 5\n        max_concurrency = 6\n    }\nALL $ACCEPTED\n", "= 6", "given twice"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        banner = \"open\n    }\nALL $ACCEPTED\n", '"open', "unterminated quoted string"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency 5\nALL $ACCEPTED\n", "max_concurrency 5", "expected key = value"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency = 5\n", "ACCEPT {\n        max_concurrency", "is not closed"),
+        (GOOD_HEAD + "this is not a HAT line\nALL $ACCEPTED\n", "this is not", "cannot read"),
+        (GOOD_HEAD + "sbrs[-10.0:-3.0] REJECT\nALL $ACCEPTED\n", "sbrs[", "reputation rows cannot be imported"),
+        (GOOD_HEAD + "G:\n    country[us]\n    $ACCEPTED\nALL $ACCEPTED\n", "country[us]", "is not an address"),
+        (GOOD_HEAD + "G:\n    ALL\n    $ACCEPTED\nALL $ACCEPTED\n", "    ALL", "only valid as the last HAT row"),
+        (GOOD_HEAD + "$ACCEPTED (orphan)\nALL $ACCEPTED\n", "(orphan)", "outside a sender group"),
+        (GOOD_HEAD + "ALL $ACCEPTED\n10.1.1.1 REJECT\n", "10.1.1.1 REJECT", "nothing may follow the ALL row"),
+        ("$PASS\n    CONTINUE {}\nALL $PASS\n", "ALL $PASS", "ALL cannot use a CONTINUE policy"),
+        (GOOD_HEAD + "G:\n    10.1.1.1\n", "G:", "ends without its $POLICY line"),
+        (GOOD_HEAD + "$TRUSTED\n    ACCEPT {\n        max_concurrency = -1\n    }\nALL $TRUSTED\n", "= -1", "listener defaults limit it to 50"),
+    ],
+)
+def test_errors_name_the_export_line(text: str, needle: str, message: str) -> None:
+    err = error_of(text)
+    line = text[: text.index(needle)].count("\n") + 1
+    assert (err.line, err.source) == (line, "hat.txt")
+    assert message in err.message
+    assert str(err).startswith(f"hat.txt:{line}: ")
+
+
+def test_missing_all_is_an_error_for_the_whole_export() -> None:
+    err = error_of(GOOD_HEAD + "G:\n    10.1.1.1\n    $ACCEPTED\n")
+    assert err.line == 0 and "no ALL row" in err.message
+
+
+def test_unlimited_is_allowed_when_the_defaults_leave_the_key_out() -> None:
+    text = GOOD_HEAD + "$TRUSTED\n    ACCEPT {\n        max_concurrency = -1\n    }\nALL $TRUSTED\n"
+    policy = imported(text, defaults={"max_message_size": 1048576})
+    assert hat_of(policy).decide("1.2.3.4").policy.max_concurrency is None
