@@ -19,6 +19,7 @@ from netpolicy.compiler import compile_listener, compile_policy
 from netpolicy.hat import HatIndex, build_groups
 from netpolicy.policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
 from netpolicy.policy.entries import EntryError, address_to_int
+from netpolicy.policy.hat_import import import_hat
 from netpolicy.policy.model import Policy as PolicyModel
 
 console = Console()
@@ -133,6 +134,21 @@ def compile_cmd(policy_path: str, as_json: bool) -> None:
             for u in lp.userland_only:
                 ut.add_row(u.sender_group, u.entry, u.reason)
             console.print(ut)
+
+
+@cli.command(name="import-hat")
+@click.argument("export", type=click.File("r", encoding="utf-8"))
+@click.option("--listener", "listener_name", default="IncomingMail", show_default=True, help="Name of the listener to create.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Listener address.")
+@click.option("--port", default=2525, show_default=True, type=int, help="Listener port.")
+@click.option("--hostname", default="localhost", show_default=True, help="Listener host name (banners).")
+def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hostname: str) -> None:
+    """Convert an appliance HAT export (EXPORT, or - for stdin) into a policy file on stdout."""
+    try:
+        click.echo(import_hat(export.read(), export.name, listener_name, address=address, port=port, hostname=hostname), nl=False)
+    except ValueError as exc:  # HatImportError carries file:line
+        click.echo(str(exc), err=True)
+        sys.exit(1)
 
 
 @cli.command()

@@ -78,3 +78,22 @@ def test_policy_from_environment(monkeypatch) -> None:  # type: ignore[no-untype
     monkeypatch.setenv("NETPOLICY_POLICY", EXAMPLE)
     code, out, _ = run("validate")
     assert code == 0 and EXAMPLE in out
+
+
+def test_import_hat_writes_a_policy_that_validates(tmp_path: Path) -> None:
+    export = Path(__file__).parents[1] / "data" / "hat_export.txt"
+    code, out, _ = run("import-hat", str(export), "--port", "2600")
+    assert code == 0
+    policy_file = tmp_path / "imported.yml"
+    policy_file.write_text(out)
+    code, _, _ = run("validate", "-p", str(policy_file))
+    assert code == 0
+    code, out, _ = run("trace", "-p", str(policy_file), "203.0.113.9", "--json")
+    assert json.loads(out)["behavior"] == "tcprefuse"
+
+
+def test_import_hat_error_names_the_line(tmp_path: Path) -> None:
+    export = tmp_path / "x.txt"
+    export.write_text("$ACCEPTED\n    ACCEPT\nnonsense here\n")
+    code, _, err = run("import-hat", str(export))
+    assert code == 1 and err.startswith(f"{export}:3:")
