@@ -1,0 +1,143 @@
+"""The mail log in the appliance's format (SPEC.md section 5).
+
+Operators of the appliance have years of tooling (grep recipes, SIEM parsers, message tracking)
+built on these lines, so the wording is kept: ``New SMTP ICID ...``, ``ICID n ACCEPT SG ...``,
+``Start MID ...``, ``MID n ICID n RID n To: <...>``, ``MID n ready N bytes from <...>``,
+``ICID n close``. Lines the appliance has no equivalent for (a recipient refused by a limit, a
+hand-off result) follow the same ``MID n ICID n ...`` shape so the same tools can follow a
+message.
+
+ICIDs and MIDs come from one counter, so every id in a log is unique and the spec's example
+(``ICID 5``, ``MID 6``, ``ICID 7``) is exactly what a fresh listener writes. ``ICID 0`` is
+reserved for refusals the kernel made (the SMTP process never saw those connections). Several
+processes writing one log (SO_REUSEPORT workers) keep ids apart with ``first_id``/``id_step``.
+
+Without a file, lines go bare to standard error (a supervisor adds its own timestamps); with a
+file each line is prefixed ``2026-11-23T10:00:00Z Info: `` like the appliance's log files.
+Writes are line-buffered: a line is on disk (or on the terminal) as soon as it is logged.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from netpolicy.hat import Decision
+
+
+class MailLog:
+    """One mail log. Thread-safe writes; ids are handed out by ``next_id``."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        stream: TextIO | None = None,
+        first_id: int = 1,
+        id_step: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if path is not None and stream is not None:
+            raise ValueError("a mail log goes to a file or to a stream, not both")
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next = first_id
+        self._step = id_step
+        self._stamp_second = -1
+        self._stamp = ""
+        self._own_file = path is not None
+        self._out: TextIO = open(path, "a", buffering=1, encoding="utf-8") if path else (stream or sys.stderr)
+
+    def next_id(self) -> int:
+        """A fresh ICID or MID (never 0: that is the kernel's)."""
+        with self._lock:
+            value = self._next
+            self._next += self._step
+        return value
+
+    def reopen(self) -> None:
+        """Reopen the file after log rotation (serve calls this on SIGHUP)."""
+        if not self._own_file:
+            return
+        assert self.path is not None
+        with self._lock:
+            self._out.close()
+            self._out = open(self.path, "a", buffering=1, encoding="utf-8")
+
+    def close(self) -> None:
+        if self._own_file:
+            with self._lock:
+                self._out.close()
+
+    def line(self, text: str, level: str = "Info") -> None:
+        """Write one line; with a file, prefixed with the UTC time and the level."""
+        with self._lock:
+            if self._own_file:
+                now = self._clock()
+                second = int(now)
+                if second != self._stamp_second:
+                    self._stamp_second = second
+                    self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+                self._out.write(f"{self._stamp} {level}: {text}\n")
+            else:
+                self._out.write(text + "\n")
+                self._out.flush()
+
+    # The appliance's lines, in the order a conversation produces them.
+
+    def new_connection(self, icid: int, interface: str, interface_address: str, address: str, hostname: str | None) -> None:
+        host, verified = (hostname, "yes") if hostname else ("unknown", "no")
+        self.line(
+            f"New SMTP ICID {icid} interface {interface} ({interface_address}) address {address} "
+            f"reverse dns host {host} verified {verified}"
+        )
+
+    def decision(self, icid: int, decision: Decision, delayed: bool = False) -> None:
+        """``ICID 5 ACCEPT SG ALL match ALL``; a delayed REJECT says so."""
+        behavior = decision.behavior.upper()
+        prefix = "Delayed " if delayed else ""
+        self.line(f"ICID {icid} {prefix}{behavior} SG {decision.sender_group} match {decision.match}")
+
+    def kernel_refusal(self, sender_group: str, match: str) -> None:
+        """A refusal the kernel made; written only when verbose connection logging is on."""
+        self.line(f"ICID 0 TCPREFUSE SG {sender_group} match {match}")
+
+    def refused_connection(self, icid: int, reason: str) -> None:
+        self.line(f"ICID {icid} Connection refused: {reason}")
+
+    def tls(self, icid: int, protocol: str | None, cipher: str | None) -> None:
+        self.line(f"ICID {icid} TLS success protocol {protocol} cipher {cipher}")
+
+    def tls_failed(self, icid: int, reason: str) -> None:
+        self.line(f"ICID {icid} TLS failed: {reason}", level="Warning")
+
+    def start_message(self, mid: int, icid: int) -> None:
+        self.line(f"Start MID {mid} ICID {icid}")
+
+    def mail_from(self, mid: int, icid: int, sender: str) -> None:
+        self.line(f"MID {mid} ICID {icid} From: <{sender}>")
+
+    def recipient(self, mid: int, icid: int, rid: int, recipient: str) -> None:
+        self.line(f"MID {mid} ICID {icid} RID {rid} To: <{recipient}>")
+
+    def recipient_refused(self, mid: int, icid: int, recipient: str, reason: str) -> None:
+        self.line(f"MID {mid} ICID {icid} To: <{recipient}> Rejected by {reason}")
+
+    def ready(self, mid: int, size: int, sender: str) -> None:
+        self.line(f"MID {mid} ready {size} bytes from <{sender}>")
+
+    def receiving_failed(self, mid: int, icid: int, reason: str) -> None:
+        self.line(f"MID {mid} ICID {icid} Receiving Failed: {reason}")
+
+    def delivered(self, mid: int, where: str) -> None:
+        self.line(f"MID {mid} delivered to {where}")
+
+    def delivery_failed(self, mid: int, reply: str) -> None:
+        self.line(f"MID {mid} not accepted: {reply}", level="Warning")
+
+    def close_connection(self, icid: int) -> None:
+        self.line(f"ICID {icid} close")

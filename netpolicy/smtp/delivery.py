@@ -1,0 +1,266 @@
+"""Hand-off of accepted mail, without loss: the client hears 250 only once the mail is safe.
+
+Two sinks, chosen by the listener's ``delivery``:
+
+- ``MaildirSink``: the message is written to ``tmp/``, fsynced, renamed into ``new/`` and the
+  directory fsynced, all in a worker thread so concurrent sessions overlap their disk waits;
+  only then does the session answer 250. A failed write answers 451 and removes the partial
+  file, so the client keeps (and retries) the message.
+- ``NextHopSink``: a before-queue relay. The next-hop connection is opened when the client's
+  MAIL arrives, every RCPT is relayed and the next hop's answer is passed back to the client
+  (so a recipient the next hop refuses is refused to the client, never silently dropped), and
+  the DATA answer the client gets is the next hop's. Unreachable, timing out, dropping the
+  connection or answering 4xx becomes ``451 4.4.1``: the client keeps the message.
+  aiosmtpd's bundled Proxy handler is deliberately not used: it relays with blocking smtplib
+  inside the event loop and answers 250 whatever the next hop said.
+
+A sink hands out one ``Transaction`` per client transaction (MAIL to end of DATA or RSET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiosmtplib
+
+from netpolicy.policy.model import Delivery, split_host_port
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply; ``text`` carries the enhanced status code when there is one."""
+
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    def lines(self) -> list[str]:
+        """The reply as wire lines (multi-line replies use ``code-``)."""
+        parts = self.text.split("\n") or [""]
+        return [f"{self.code}{'-' if i < len(parts) - 1 else ' '}{p}".rstrip() for i, p in enumerate(parts)]
+
+    def __str__(self) -> str:
+        return " / ".join(self.lines())
+
+
+class HandOffError(Exception):
+    """The hand-off cannot go on; ``reply`` is what the client must hear."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+def temporary(text: str) -> Reply:
+    return Reply(451, f"4.4.1 {text}")
+
+
+class Transaction(Protocol):
+    """One client transaction at the sink."""
+
+    async def recipient(self, address: str) -> Reply:
+        """Offer one recipient; 2xx means the sink takes mail for it."""
+        ...
+
+    async def deliver(self, content: bytes) -> Reply:
+        """Hand over the message (CRLF lines, unstuffed); 2xx only once it is safe."""
+        ...
+
+    async def close(self) -> None:
+        """End the transaction (after delivery or when the client gave up)."""
+        ...
+
+
+class Sink(Protocol):
+    description: str  # for the mail log: "delivered to <description>"
+
+    async def open(self, sender: str, size: int | None) -> Transaction:
+        """Start a transaction for ``sender``; raises ``HandOffError`` if that is refused."""
+        ...
+
+
+# --- Maildir -------------------------------------------------------------------------------
+
+
+class MaildirSink:
+    """Writes each message once into a Maildir (the embedded sink of SPEC.md section 2)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.description = f"Maildir {path}"
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        self._tmp = os.path.join(self.path, "tmp")
+        self._new = os.path.join(self.path, "new")
+        self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+        self._seq = itertools.count()
+
+    async def open(self, sender: str, size: int | None) -> Transaction:
+        return _MaildirTransaction(self, sender)
+
+    def write(self, data: bytes) -> str:
+        """Store one message durably; returns its file name. Runs in a worker thread."""
+        now = time.time()
+        name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._seq)}.{self._host}"
+        tmp = os.path.join(self._tmp, name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(self._new, name))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        directory = os.open(self._new, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the rename itself must survive a crash
+        finally:
+            os.close(directory)
+        return name
+
+
+class _MaildirTransaction:
+    def __init__(self, sink: MaildirSink, sender: str) -> None:
+        self.sink = sink
+        self.sender = sender
+        self.recipients: list[str] = []
+
+    async def recipient(self, address: str) -> Reply:
+        self.recipients.append(address)
+        return Reply(250, "2.1.5 Ok")
+
+    async def deliver(self, content: bytes) -> Reply:
+        # Maildir files use LF line ends; the envelope is kept in headers so nothing is lost.
+        envelope = f"Return-Path: <{self.sender}>\n" + "".join(f"X-Original-To: <{r}>\n" for r in self.recipients)
+        data = envelope.encode("utf-8", "surrogateescape") + content.replace(b"\r\n", b"\n")
+        try:
+            name = await asyncio.to_thread(self.sink.write, data)
+        except OSError as exc:
+            return Reply(451, f"4.3.0 Error: cannot store message ({exc.strerror or exc})")
+        return Reply(250, f"2.0.0 Ok: stored as {name}")
+
+    async def close(self) -> None:
+        return None
+
+
+# --- Next hop ------------------------------------------------------------------------------
+
+_LINK_ERRORS = (OSError, asyncio.TimeoutError, aiosmtplib.SMTPException)
+
+
+class NextHopSink:
+    """Relays each transaction to ``host:port`` while the client waits (before-queue)."""
+
+    def __init__(self, next_hop: str, timeout: float, helo_name: str) -> None:
+        self.host, self.port = split_host_port(next_hop)
+        self.timeout = timeout
+        self.helo_name = helo_name
+        self.description = f"next hop {next_hop}"
+
+    async def open(self, sender: str, size: int | None) -> Transaction:
+        # No STARTTLS towards the next hop: it is a local content filter or MTA, named by
+        # address in the policy; certificate checks against an IP literal would only fail.
+        client = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, timeout=self.timeout,
+            local_hostname=self.helo_name, start_tls=False,
+        )
+        try:
+            await client.connect()
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+            options = [f"SIZE={size}"] if size is not None and client.supports_extension("size") else []
+            if client.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            reply = _reply(await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">", *(o.encode() for o in options)))
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise HandOffError(temporary(f"Next hop {self.host}:{self.port} refused the connection: {exc.code} {exc.message}")) from None
+        except _LINK_ERRORS as exc:
+            client.close()
+            raise HandOffError(temporary(f"Next hop {self.host}:{self.port} unreachable ({_describe(exc)})")) from None
+        if not reply.ok:
+            client.close()
+            raise HandOffError(_passed_on(reply, self))
+        return _NextHopTransaction(self, client)
+
+
+class _NextHopTransaction:
+    def __init__(self, sink: NextHopSink, client: aiosmtplib.SMTP) -> None:
+        self.sink = sink
+        self.client = client
+        self.broken: Reply | None = None
+
+    async def recipient(self, address: str) -> Reply:
+        if self.broken is not None:
+            return self.broken
+        try:
+            reply = _reply(await self.client.execute_command(b"RCPT", b"TO:<" + address.encode("utf-8", "surrogateescape") + b">"))
+        except _LINK_ERRORS as exc:
+            return self._break(exc)
+        # 2xx and 5xx go back verbatim; a 4xx too, so the client retries just that recipient.
+        return reply
+
+    async def deliver(self, content: bytes) -> Reply:
+        if self.broken is not None:
+            return self.broken
+        try:
+            response = await self.client.data(content)
+        except aiosmtplib.SMTPResponseException as exc:
+            return _passed_on(Reply(exc.code, exc.message), self.sink)
+        except _LINK_ERRORS as exc:
+            return self._break(exc)
+        return _reply(response)
+
+    def _break(self, exc: BaseException) -> Reply:
+        self.client.close()
+        self.broken = temporary(f"Next hop {self.sink.host}:{self.sink.port} failed ({_describe(exc)})")
+        return self.broken
+
+    async def close(self) -> None:
+        if self.broken is None and self.client.is_connected:
+            try:
+                await asyncio.wait_for(self.client.quit(), min(self.sink.timeout, 5))
+            except (*_LINK_ERRORS, aiosmtplib.SMTPResponseException):
+                pass
+        self.client.close()
+
+
+def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
+    return Reply(response.code, response.message)
+
+
+def _passed_on(reply: Reply, sink: NextHopSink) -> Reply:
+    """A whole-transaction refusal from the next hop: 5xx as it came, 4xx as 451 4.4.1."""
+    if reply.code >= 500:
+        return reply
+    return temporary(f"Next hop {sink.host}:{sink.port} deferred: {reply.code} {reply.text}")
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def make_sink(delivery: Delivery, hostname: str) -> Sink:
+    if delivery.maildir is not None:
+        return MaildirSink(delivery.maildir)
+    assert delivery.next_hop is not None  # the model guarantees exactly one
+    return NextHopSink(delivery.next_hop, delivery.timeout, hostname)

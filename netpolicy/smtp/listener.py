@@ -1,0 +1,215 @@
+"""``SmtpListener``: one policy listener served by ``PolicySMTP`` sessions.
+
+This is the object ``serve`` owns, one per listener in the policy::
+
+    listener = SmtpListener(policy.listener("IncomingMail"), hat_indexes["IncomingMail"],
+                            DnsResolver(), MailLog(), counters=InMemoryCounters(),
+                            on_offence=promote)
+    await listener.start()            # binds listener.address:port (or start(sock=...))
+    listener.swap_hat(new_hat, new_listener_model)   # reload: new connections only
+    listener.stats.snapshot()         # for prometheus
+    await listener.stop()
+
+A reload builds a new ``Generation`` (HAT index, RAT, sink, TLS context) and swaps one
+reference: a session keeps the generation it was decided under until it ends, so a reload
+never changes the rules in the middle of a conversation, and new connections see the new
+policy at once. Binding (address, port) is not part of a generation: a changed bind needs a new
+listener.
+
+Counters, the mail log, the resolver and the stats outlive generations: a reload must not reset
+hourly rate limits or the open-connection counts of sessions still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from netpolicy.hat import Decision, HatIndex, Resolver
+from netpolicy.maillog import MailLog
+from netpolicy.policy.model import Listener
+from netpolicy.smtp.counters import Counters, InMemoryCounters
+from netpolicy.smtp.delivery import Sink, make_sink
+from netpolicy.smtp.rat import Rat
+from netpolicy.smtp.session import PolicySMTP
+
+log = logging.getLogger("netpolicy.smtp")
+
+OffenceHook = Callable[[str, Decision, str], None]
+"""``on_offence(address, decision, kind)``; kind is "reject", "dhap" or "rate-limit".
+
+Called synchronously from the session: it must not block (schedule work, do not await it).
+"""
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Protocol-level bounds that hold whatever the policy says (robustness, not policy)."""
+
+    command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: 5 minutes between commands
+    data_deadline: float = 600.0  # whole DATA phase, not reset per line (slow-drip clients)
+    decision_timeout: float = 10.0  # reverse DNS + DNS lists before the banner
+    line_length: int = 1001  # RFC 5321 4.5.3.1.6: 1000 octets with CRLF, plus a stuffed dot
+    message_size_cap: int = 64 * 1024 * 1024  # memory bound when a policy sets no size limit
+    recipients_cap: int = 1000  # likewise for max_rcpts_per_msg
+    bogus_commands: int = 5  # unknown commands before the connection is dropped
+    stop_grace: float = 10.0  # stop(): time given to open sessions before they get 421
+
+
+@dataclass
+class ListenerStats:
+    """Plain counters a prometheus collector can read; updated only from the event loop."""
+
+    connections: Counter[tuple[str, str]] = field(default_factory=Counter)  # (group, behaviour)
+    open_connections: int = 0
+    refused_concurrency: int = 0
+    messages_accepted: int = 0  # fully received and handed to the sink
+    messages_delivered: int = 0  # the sink (Maildir / next hop) took it: client got 250
+    messages_temp_failed: int = 0  # the client got 4xx from the hand-off and keeps the message
+    messages_rejected: int = 0  # the next hop refused it permanently
+    messages_too_big: int = 0
+    recipients_refused: Counter[str] = field(default_factory=Counter)  # by reason
+
+    def connection(self, group: str, behavior: str) -> None:
+        self.connections[(group, behavior)] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "connections": {f"{g}/{b}": n for (g, b), n in sorted(self.connections.items())},
+            "open_connections": self.open_connections,
+            "refused_concurrency": self.refused_concurrency,
+            "messages_accepted": self.messages_accepted,
+            "messages_delivered": self.messages_delivered,
+            "messages_temp_failed": self.messages_temp_failed,
+            "messages_rejected": self.messages_rejected,
+            "messages_too_big": self.messages_too_big,
+            "recipients_refused": dict(sorted(self.recipients_refused.items())),
+        }
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Everything a session decides with, fixed for the session's lifetime."""
+
+    listener: Listener
+    hat: HatIndex
+    rat: Rat
+    sink: Sink
+    tls_context: ssl.SSLContext | None
+
+
+@dataclass
+class Services:
+    """What sessions share across generations."""
+
+    resolver: Resolver
+    counters: Counters
+    maillog: MailLog
+    limits: SessionLimits
+    stats: ListenerStats
+    on_offence: OffenceHook | None
+    sessions: set[PolicySMTP] = field(default_factory=set)
+
+    def offence(self, address: str, decision: Decision, kind: str) -> None:
+        if self.on_offence is None:
+            return
+        try:
+            self.on_offence(address, decision, kind)
+        except Exception:  # a broken hook must not break the SMTP session
+            log.exception("on_offence hook failed for %s (%s)", address, kind)
+
+
+def build_generation(listener: Listener, hat: HatIndex) -> Generation:
+    tls_context: ssl.SSLContext | None = None
+    if listener.tls_cert is not None and listener.tls_key is not None:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(listener.tls_cert, listener.tls_key)
+    rat = Rat.from_rows(listener.rat) if listener.type == "public" else Rat.open()
+    return Generation(listener, hat, rat, make_sink(listener.delivery, listener.hostname), tls_context)
+
+
+class SmtpListener:
+    """One listener of the policy, served on one socket."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        hat: HatIndex,
+        resolver: Resolver,
+        maillog: MailLog,
+        *,
+        counters: Counters | None = None,
+        on_offence: OffenceHook | None = None,
+        limits: SessionLimits = SessionLimits(),
+    ) -> None:
+        self.stats = ListenerStats()
+        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence)
+        self._generation = build_generation(listener, hat)
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def listener(self) -> Listener:
+        return self._generation.listener
+
+    @property
+    def counters(self) -> Counters:
+        return self._services.counters
+
+    def _session(self) -> PolicySMTP:
+        return PolicySMTP(self._generation, self._services)
+
+    async def start(self, sock: socket.socket | None = None, *, reuse_port: bool = False, backlog: int = 1024) -> None:
+        """Serve on ``sock`` (already bound and listening) or bind the listener's address:port.
+
+        ``reuse_port`` lets several worker processes share the port (SO_REUSEPORT).
+        """
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(self._session, sock=sock, backlog=backlog)
+        else:
+            listener = self.listener
+            self._server = await loop.create_server(
+                self._session, host=listener.address, port=listener.port,
+                reuse_address=True, reuse_port=reuse_port, backlog=backlog,
+            )
+
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        """Addresses actually served (useful with port 0)."""
+        if self._server is None:
+            return []
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    def swap_hat(self, hat: HatIndex, listener: Listener) -> None:
+        """Reload: new connections use ``hat``/``listener``; open sessions keep theirs."""
+        old = self._generation.listener
+        if (listener.name, listener.address, listener.port) != (old.name, old.address, old.port):
+            raise ValueError("name, address and port cannot change on reload; start a new listener")
+        self._generation = build_generation(listener, hat)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, give open sessions ``grace`` seconds, then end them with 421."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        sessions = self._services.sessions
+        deadline = time.monotonic() + (self._services.limits.stop_grace if grace is None else grace)
+        while sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        tasks = []
+        for session in list(sessions):
+            transport = session.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(f"421 4.3.2 {session.hostname} Service shutting down\r\n".encode())  # type: ignore[attr-defined]
+                transport.close()
+            if session._handler_coroutine is not None:
+                tasks.append(session._handler_coroutine)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
