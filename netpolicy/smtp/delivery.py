@@ -83,8 +83,11 @@ class Transaction(Protocol):
 class Sink(Protocol):
     description: str  # for the mail log: "delivered to <description>"
 
-    async def open(self, sender: str, size: int | None) -> Transaction:
-        """Start a transaction for ``sender``; raises ``HandOffError`` if that is refused."""
+    async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
+        """Start a transaction for ``sender``; raises ``HandOffError`` if that is refused.
+
+        ``size`` and ``eight_bit`` are the client's SIZE= and BODY=8BITMIME, passed on.
+        """
         ...
 
 
@@ -104,7 +107,7 @@ class MaildirSink:
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._seq = itertools.count()
 
-    async def open(self, sender: str, size: int | None) -> Transaction:
+    async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
         return _MaildirTransaction(self, sender)
 
     def write(self, data: bytes) -> str:
@@ -174,7 +177,7 @@ class NextHopSink:
         self.helo_name = helo_name
         self.description = f"next hop {next_hop}"
 
-    async def open(self, sender: str, size: int | None) -> Transaction:
+    async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
         # No STARTTLS towards the next hop: it is a local content filter or MTA, named by
         # address in the policy; certificate checks against an IP literal would only fail.
         client = aiosmtplib.SMTP(
@@ -188,7 +191,7 @@ class NextHopSink:
             except aiosmtplib.SMTPHeloError:
                 await client.helo()
             options = [f"SIZE={size}"] if size is not None and client.supports_extension("size") else []
-            if client.supports_extension("8bitmime"):
+            if eight_bit and client.supports_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
             reply = _reply(await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">", *(o.encode() for o in options)))
         except aiosmtplib.SMTPResponseException as exc:

@@ -406,7 +406,7 @@ class PolicySMTP(SMTP):
         maillog.mail_from(mid, self.icid, sender)
         if not self._delayed_reject:
             try:
-                self.txn = await self.gen.sink.open(sender, size)
+                self.txn = await self.gen.sink.open(sender, size, body == "8BITMIME")
             except HandOffError as exc:
                 maillog.delivery_failed(mid, str(exc.reply))
                 self.services.stats.messages_temp_failed += exc.reply.code < 500
@@ -572,7 +572,7 @@ class PolicySMTP(SMTP):
         header = (
             f"Received: from {self.session.host_name} ({self.hostname_ptr or 'unknown'} [{self.address}])\r\n"
             f"\tby {self.hostname} (netpolicy) with {protocol} id {self.mid}{for_clause};\r\n"
-            f"\t{email.utils.formatdate()}\r\n"
+            f"\t{email.utils.formatdate(localtime=True)}\r\n"
         )
         return header.encode("utf-8", "surrogateescape")
 
