@@ -5,12 +5,15 @@ PYTHON  ?= python3
 VENV    := .venv
 POLICY  ?= examples/policy.yml
 SYSPKGS := nftables iptables ipset iproute2 tcpdump swaks postfix openssl procps
+# The real-VM test (tests/vm, make vm-test) and `vagrant validate`: qemu boots a Debian 12 image
+# that mmdebstrap builds; vagrant-libvirt lets vagrant validate the libvirt provider block.
+VMPKGS  := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client vagrant vagrant-libvirt
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test sysdeps venv clean
+.PHONY: run test vm-test sysdeps venv clean
 
 sysdeps:
-	@missing=""; for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSPKGS) $(VMPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root, or apt-get install them)"; exit 1; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
@@ -31,6 +34,10 @@ run: sysdeps venv
 
 test: sysdeps venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# Only the Ansible/Vagrant/VM tests; fails (instead of skipping) when the machine cannot boot the VM.
+vm-test: sysdeps venv
+	NETPOLICY_VM_TEST=require $(VENV)/bin/pytest -q -p no:cacheprovider -rs tests/vm
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,269 @@
+"""The Ansible role on a real Debian 12 VM (qemu), checked from senders on the VM's network.
+
+`make vm-test` runs only this (and fails when the machine cannot); `make test` runs it too when
+the machine can, and skips it with the reason otherwise. NETPOLICY_VM_TEST=skip skips it.
+See tests/vm/vmlib.py for the network layout. Every playbook output is kept in var/vm-test/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.vm import vmlib
+from tests.vm.vmlib import ACCEPTED_SENDER, BLOCKED_SENDER, REJECTED_SENDER, VM_ADDRESS, PlaybookRun, Vm
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
+
+MODE = os.environ.get("NETPOLICY_VM_TEST", "auto")  # auto | require | skip
+SMTP_PORT = 25
+
+
+def _cli_has(command: str) -> bool:
+    proc = subprocess.run([str(vmlib.VENV_BIN / "netpolicy"), command, "--help"], capture_output=True)
+    return proc.returncode == 0
+
+
+HAS_SERVE = _cli_has("serve")
+HAS_DIFF = _cli_has("diff")
+NO_SERVE = "`netpolicy serve` is not in this checkout yet: nothing listens on the VM"
+
+
+@dataclass
+class Lab:
+    vm: Vm
+    inventory: Path
+    first: PlaybookRun
+    second: PlaybookRun
+    timings: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if MODE == "skip":
+        pytest.skip("NETPOLICY_VM_TEST=skip")
+    reason = vmlib.why_not()
+    if reason:
+        if MODE == "require":
+            pytest.fail(f"make vm-test cannot run here: {reason}")
+        pytest.skip(f"real-VM test: {reason}")
+    timings: dict[str, float] = {}
+    work = tmp_path_factory.mktemp("vm")
+    t = time.monotonic()
+    image = vmlib.build_image()
+    timings["image"] = time.monotonic() - t
+    t = time.monotonic()
+    wheels = work / "wheels"
+    vmlib.build_wheels(wheels)
+    timings["wheels"] = time.monotonic() - t
+    vm = Vm.create(image, work)
+    try:
+        vm.boot(os.environ.get("NETPOLICY_VM_ACCEL", "auto"))
+        timings["boot"] = vm.boot_seconds
+        inventory = vm.write_inventory(wheels)
+        extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
+        first = vm.playbook(inventory, *extra, name="run1")
+        timings["run1"] = first.seconds
+        second = vm.playbook(inventory, *extra, name="run2")
+        timings["run2"] = second.seconds
+        yield Lab(vm, inventory, first, second, timings)
+    finally:
+        with _suppress():
+            (vmlib.ARTIFACTS / "console.log").write_text(vm.console.read_text(errors="replace"))
+        with _suppress():
+            journal = vm.sudo("journalctl -u netpolicy --no-pager -n 200", check=False).stdout
+            (vmlib.ARTIFACTS / "netpolicy.journal").write_text(journal)
+        vmlib.log("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        vm.destroy()
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def _require_serve() -> None:
+    if not HAS_SERVE:
+        pytest.skip(NO_SERVE)
+
+
+def _connect(lab: Lab, source: str, timeout: float = 5.0):
+    return lab.vm.ns.connect((VM_ADDRESS, SMTP_PORT), source=source, timeout=timeout)
+
+
+def _policy_with(extra_blacklist: str) -> dict:
+    data = yaml.safe_load((vmlib.ANSIBLE_DIR / "group_vars" / "mx.yml").read_text())
+    data["netpolicy_policy"]["sender_groups"]["BLACKLIST"].append(extra_blacklist)
+    return data
+
+
+# ------------------------------------------------------------------------------------ playbooks
+def test_first_run_provisions_the_vm(lab: Lab) -> None:
+    run = lab.first
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.mx.failed == 0 and run.mx.unreachable == 0
+    assert run.mx.changed > 0
+    # The policy on the host is the one the inventory gave, and the venv's netpolicy accepts it.
+    out = lab.vm.sudo("/opt/netpolicy/bin/netpolicy validate -p /etc/netpolicy/policy.yml").stdout
+    assert ": ok (generation" in out
+    assert lab.vm.sudo("stat -c '%U:%G %a' /etc/netpolicy/policy.yml").stdout.strip() == "root:netpolicy 640"
+    assert lab.vm.ssh("systemctl is-enabled netpolicy").stdout.strip() == "enabled"
+    assert lab.vm.ssh("id -u netpolicy", check=False).returncode == 0
+    # Installed from the host's wheels with no index: the VM has no route to one.
+    assert lab.vm.ssh("ip route show default").stdout.strip() == ""
+
+
+def test_second_run_changes_nothing(lab: Lab) -> None:
+    run = lab.second
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.mx.failed == 0
+    assert run.mx.changed == 0, [line for line in run.output.splitlines() if line.startswith("changed:")]
+
+
+def test_serve_runs_as_the_unprivileged_user(lab: Lab) -> None:
+    _require_serve()
+    assert lab.vm.ssh("systemctl is-active netpolicy", check=False).stdout.strip() == "active"
+    user = lab.vm.ssh("ps -o user= -p $(systemctl show -p MainPID --value netpolicy)").stdout.strip()
+    assert user == "netpolicy"
+
+
+# ------------------------------------------------------------------------------------ behaviour
+def test_tcprefuse_is_refused_at_syn_by_the_vm_kernel(lab: Lab) -> None:
+    _require_serve()
+    from tests.capture import Capture
+
+    ruleset = lab.vm.sudo("nft list table inet netpolicy").stdout
+    assert BLOCKED_SENDER in ruleset, ruleset
+    with Capture(lab.vm.ns, "tap0", f"tcp port {SMTP_PORT} and host {BLOCKED_SENDER}") as cap:
+        with pytest.raises(ConnectionRefusedError):
+            _connect(lab, BLOCKED_SENDER)
+    flags = [s.flags for s in cap.segments]
+    assert flags[:2] == ["S", "RA"], [str(s) for s in cap.segments]
+    assert "SA" not in flags
+    assert cap.segments[0].src == BLOCKED_SENDER and cap.segments[1].src == VM_ADDRESS
+
+
+def test_reject_gets_554_banner_then_close(lab: Lab) -> None:
+    _require_serve()
+    sock = _connect(lab, REJECTED_SENDER)
+    try:
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    assert data.startswith(b"554 "), data
+    assert f"{REJECTED_SENDER} is not welcome here".encode() in data
+
+
+def test_accepted_mail_is_delivered_to_the_maildir(lab: Lab) -> None:
+    _require_serve()
+    marker = f"vm-test-{time.time_ns()}"
+    client = lab.vm.ns.call(lambda: smtplib.SMTP(VM_ADDRESS, SMTP_PORT, source_address=(ACCEPTED_SENDER, 0), timeout=30))
+    try:
+        code, banner = client.ehlo("sender.example.test")
+        assert code == 250, banner
+        refused = client.sendmail(
+            "alice@sender.example.test", ["bob@example.test"],
+            f"From: alice@sender.example.test\r\nTo: bob@example.test\r\nSubject: {marker}\r\n\r\nhello\r\n",
+        )
+        assert refused == {}
+    finally:
+        client.quit()
+    found = lab.vm.sudo(f"grep -rl {marker} /var/lib/netpolicy/maildir", check=False)
+    assert found.returncode == 0 and found.stdout.strip(), "accepted message not in the Maildir"
+    maillog = lab.vm.sudo("cat /var/log/netpolicy/mail.log").stdout
+    assert f"address {ACCEPTED_SENDER}" in maillog and "ACCEPT SG ALL" in maillog, maillog[-2000:]
+    assert f"REJECT SG REJECTLIST match {REJECTED_SENDER}" in maillog, maillog[-2000:]
+
+
+# ------------------------------------------------------------------------------------ changes
+def test_broken_policy_never_reaches_the_host(lab: Lab) -> None:
+    before = lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout
+    broken = _policy_with("10.20.0.50")
+    broken["netpolicy_policy"]["mail_flow_policies"]["BLOCKED"]["behaviour"] = "tcprefuse"  # unknown key
+    path = lab.vm.work / "broken.yml"
+    path.write_text(yaml.safe_dump(broken))
+    extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
+    run = lab.vm.playbook(lab.inventory, "-e", f"@{path}", *extra, name="broken")
+    assert run.returncode != 0
+    assert run.mx.failed == 1
+    assert "failed validation" in run.output, run.output[-3000:]
+    assert "behaviour" in run.output  # netpolicy validate names the key (file:line: message)
+    assert lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout == before
+    if HAS_SERVE:
+        assert lab.vm.ssh("systemctl is-active netpolicy", check=False).stdout.strip() == "active"
+
+
+def test_check_mode_shows_policy_diff_and_kernel_change(lab: Lab) -> None:
+    changed = lab.vm.work / "changed.yml"
+    changed.write_text(yaml.safe_dump(_policy_with(ACCEPTED_SENDER)))
+    before = lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout
+    extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
+    run = lab.vm.playbook(lab.inventory, "--check", "--diff", "-e", f"@{changed}", *extra, name="check")
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.mx.changed >= 1
+    # --diff: the policy file change, line by line.
+    assert re.search(rf"^\+\s+- {re.escape(ACCEPTED_SENDER)}$", run.output, re.M), run.output[-6000:]
+    if HAS_DIFF and HAS_SERVE:
+        # netpolicy diff on the new policy: the kernel would gain the new address.
+        section = run.output.split("Show the kernel change", 1)[1].split("TASK [", 1)[0]
+        assert ACCEPTED_SENDER in section, section
+    else:
+        assert "no diff command" in run.output or "no kernel diff" in run.output
+    # Check mode changed nothing on the host.
+    assert lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout == before
+
+
+def test_policy_change_reloads_serve(lab: Lab) -> None:
+    _require_serve()
+    changed = lab.vm.work / "changed.yml"
+    if not changed.exists():
+        changed.write_text(yaml.safe_dump(_policy_with(ACCEPTED_SENDER)))
+    pid_before = lab.vm.ssh("systemctl show -p MainPID --value netpolicy").stdout.strip()
+    run = lab.vm.playbook(lab.inventory, "-e", f"@{changed}", name="run3-change")
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.mx.changed >= 1
+    assert "RUNNING HANDLER [netpolicy : Reload netpolicy]" in run.output
+    assert "RUNNING HANDLER [netpolicy : Restart netpolicy]" not in run.output
+    assert lab.vm.ssh("systemctl show -p MainPID --value netpolicy").stdout.strip() == pid_before  # reload, not restart
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _connect(lab, ACCEPTED_SENDER).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, f"{ACCEPTED_SENDER} still reaches the listener after the reload"
+        time.sleep(1)
+    again = lab.vm.playbook(lab.inventory, "-e", f"@{changed}", name="run4-again")
+    assert again.returncode == 0 and again.mx.changed == 0, again.output[-4000:]
+
+
+def test_report_recaps_and_timings(lab: Lab) -> None:
+    """Not a check: writes var/vm-test/summary.json for the issue note."""
+    summary = {
+        "accel": lab.vm.accel,
+        "timings_s": {k: round(v, 1) for k, v in lab.timings.items()},
+        "run1": lab.first.mx.line,
+        "run2": lab.second.mx.line,
+        "serve": HAS_SERVE,
+        "diff": HAS_DIFF,
+    }
+    (vmlib.ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=2))
+    vmlib.log(json.dumps(summary))
