@@ -1,0 +1,76 @@
+"""Strict line reading: one reading of any byte stream, size and length enforced while reading."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from netpolicy.smtp.lines import BareNewline, LineTooLong, is_strict, read_command, read_message
+
+
+def reader(data: bytes, limit: int = 1001) -> asyncio.StreamReader:
+    r = asyncio.StreamReader(limit=limit)
+    r.feed_data(data)
+    r.feed_eof()
+    return r
+
+
+def test_is_strict() -> None:
+    assert is_strict(b"MAIL FROM:<a@b>\r\n")
+    assert is_strict(b"\r\n")
+    assert not is_strict(b"MAIL\n")
+    assert not is_strict(b"MA\rIL\r\n")
+    assert not is_strict(b"\n")
+
+
+async def test_commands() -> None:
+    r = reader(b"EHLO a\r\nNOOP " + b"x" * 3000 + b"\r\nQUIT\r\nBAD\n")
+    assert await read_command(r) == b"EHLO a"
+    with pytest.raises(LineTooLong):
+        await read_command(r)
+    assert await read_command(r) == b"QUIT"  # the long line was dropped, nothing more
+    with pytest.raises(BareNewline):
+        await read_command(r)
+
+
+async def test_message_unstuffs_and_stops_at_the_lone_dot() -> None:
+    r = reader(b"Subject: x\r\n\r\n..leading\r\n.\r\nQUIT\r\n")
+    data = await read_message(r, 1000)
+    assert data.content == b"Subject: x\r\n\r\n.leading\r\n"
+    assert data.problem is None and data.size == len(data.content)
+    assert await read_command(r) == b"QUIT"  # pipelined commands after the message stay readable
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r.\n", b"\rx\r\n"])
+async def test_bare_cr_or_lf_anywhere_is_refused(end: bytes) -> None:
+    with pytest.raises(BareNewline):
+        await read_message(reader(b"Subject: x\r\n\r\nbody" + end + b"MAIL FROM:<e@x>\r\n\r\n.\r\n"), 10_000)
+
+
+async def test_size_limit_drops_the_message_but_reads_to_the_end() -> None:
+    r = reader(b"x" * 98 + b"\r\n" + b"y" * 98 + b"\r\n" + b".\r\nNOOP\r\n")
+    data = await read_message(r, 150)
+    assert (data.content, data.problem, data.size) == (None, "size", 200)
+    assert await read_command(r) == b"NOOP"
+
+
+async def test_over_long_line_is_dropped_as_it_arrives() -> None:
+    r = reader(b"ok\r\n" + b"z" * 5000 + b"\r\nafter\r\n.\r\nNOOP\r\n", limit=100)
+    data = await read_message(r, 10_000)
+    assert (data.content, data.problem) == (None, "line")
+    assert await read_command(r) == b"NOOP"
+
+
+async def test_over_long_line_split_between_cr_and_lf_is_not_a_bare_cr() -> None:
+    # The reader's limit falls right after the CR: the LF arrives as the next read.
+    r = reader(b"z" * 100 + b"\r" + b"\n.\r\n", limit=100)
+    data = await read_message(r, 10_000)
+    assert data.problem == "line"
+
+
+async def test_a_dot_inside_a_long_line_does_not_end_the_message() -> None:
+    r = reader(b"z" * 150 + b".\r\nstill data\r\n.\r\n", limit=100)
+    data = await read_message(r, 10_000)
+    assert data.problem == "line" and data.size > 150
+    assert r.at_eof()

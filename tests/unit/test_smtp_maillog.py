@@ -1,0 +1,81 @@
+"""The mail log's lines are the appliance's (SPEC.md section 5), word for word."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from netpolicy.hat import Decision
+from netpolicy.maillog import MailLog
+from netpolicy.policy.effective import EffectivePolicy
+
+
+def decision(group: str, match: str, behavior: str) -> Decision:
+    policy = EffectivePolicy(
+        name="P", behavior=behavior, max_msgs_per_session=None, max_rcpts_per_msg=None,  # type: ignore[arg-type]
+        max_message_size=None, max_concurrency=None, max_rcpts_per_hour=None, rate_limit_code=452,
+        rate_limit_text="", smtp_banner_code=220, smtp_banner_text="", reject_banner_code=554,
+        reject_banner_text="", tls="off", dhap_limit=None, dhap_code=550, dhap_text="",
+        promote_after=None, promote_for=3600,
+    )
+    return Decision("IncomingMail", "127.0.0.99", group, match, policy)
+
+
+def test_spec_example_reproduced() -> None:
+    out = io.StringIO()
+    log = MailLog(stream=out, first_id=5)
+    icid = log.next_id()
+    log.new_connection(icid, "IncomingMail", "127.0.0.1", "127.0.0.99", None)
+    log.decision(icid, decision("ALL", "ALL", "accept"))
+    mid = log.next_id()
+    log.start_message(mid, icid)
+    log.mail_from(mid, icid, "a@x.test")
+    log.recipient(mid, icid, 0, "b@example.test")
+    log.ready(mid, 1234, "a@x.test")
+    log.close_connection(icid)
+    log.decision(log.next_id(), decision("REJECTLIST", "127.0.0.77", "reject"))
+    log.kernel_refusal("BLACKLIST", "127.0.0.66")
+    assert out.getvalue().splitlines() == [
+        "New SMTP ICID 5 interface IncomingMail (127.0.0.1) address 127.0.0.99 reverse dns host unknown verified no",
+        "ICID 5 ACCEPT SG ALL match ALL",
+        "Start MID 6 ICID 5",
+        "MID 6 ICID 5 From: <a@x.test>",
+        "MID 6 ICID 5 RID 0 To: <b@example.test>",
+        "MID 6 ready 1234 bytes from <a@x.test>",
+        "ICID 5 close",
+        "ICID 7 REJECT SG REJECTLIST match 127.0.0.77",
+        "ICID 0 TCPREFUSE SG BLACKLIST match 127.0.0.66",
+    ]
+
+
+def test_verified_name_and_delayed_reject() -> None:
+    out = io.StringIO()
+    log = MailLog(stream=out)
+    log.new_connection(1, "In", "10.0.0.1", "192.0.2.9", "mx.sender.test")
+    log.decision(1, decision("REJECTLIST", ".sender.test", "reject"), delayed=True)
+    assert out.getvalue().splitlines() == [
+        "New SMTP ICID 1 interface In (10.0.0.1) address 192.0.2.9 reverse dns host mx.sender.test verified yes",
+        "ICID 1 Delayed REJECT SG REJECTLIST match .sender.test",
+    ]
+
+
+def test_file_lines_carry_time_and_level(tmp_path: Path) -> None:
+    path = tmp_path / "mail.log"
+    log = MailLog(str(path), clock=lambda: 1795428000.25)  # 2026-11-23T10:00:00Z
+    log.close_connection(5)
+    log.delivery_failed(6, "451 4.4.1 next hop down")
+    assert path.read_text().splitlines() == [
+        "2026-11-23T10:00:00Z Info: ICID 5 close",
+        "2026-11-23T10:00:00Z Warning: MID 6 not accepted: 451 4.4.1 next hop down",
+    ]
+    path.rename(tmp_path / "mail.log.1")  # rotation, then SIGHUP
+    log.reopen()
+    log.close_connection(7)
+    log.close()
+    assert path.read_text() == "2026-11-23T10:00:00Z Info: ICID 7 close\n"
+
+
+def test_ids_interleave_across_workers() -> None:
+    a, b = MailLog(stream=io.StringIO(), first_id=1, id_step=2), MailLog(stream=io.StringIO(), first_id=2, id_step=2)
+    ids = [a.next_id(), b.next_id(), a.next_id(), b.next_id()]
+    assert ids == [1, 2, 3, 4]
