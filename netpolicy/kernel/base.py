@@ -1,0 +1,84 @@
+"""The backend interface: what the CLI and the reconciler may ask of a kernel backend.
+
+Every backend owns a fixed, named set of kernel objects (SPEC.md section 4) and never reads
+anything else as its own nor changes it. ``diff`` always reads the kernel in full; ``quick_diff``
+is what the reconciler calls every second: exact for structure (tables, chains, rules, jump,
+generation marker) but, for elements, it trusts what this process last wrote as long as the
+kernel's set sizes (and on nftables the ruleset generation) are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from netpolicy.kernel.model import KernelDiff, KernelStatus, MissingCapability, Promotion
+from netpolicy.plan import KernelPlan
+
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN in its effective set."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def require_net_admin() -> None:
+    if not has_net_admin():
+        raise MissingCapability("the effective capability set lacks it")
+
+
+def netns_id() -> int:
+    """Inode of the calling thread's network namespace: what a cached kernel state belongs to."""
+    return os.stat(f"/proc/self/task/{_gettid()}/ns/net").st_ino
+
+
+def _gettid() -> int:
+    return int(os.readlink("/proc/thread-self").rsplit("/", 1)[1])
+
+
+class Backend(ABC):
+    """One way of enforcing kernel refusals (nftables or iptables+ipset)."""
+
+    name: ClassVar[str]
+    # Longest promotion the kernel can hold in one go; the reconciler renews longer ones.
+    max_promote_seconds: ClassVar[int]
+
+    @abstractmethod
+    def diff(self, plan: KernelPlan) -> KernelDiff:
+        """Desired plan against a full read of everything this backend owns."""
+
+    @abstractmethod
+    def quick_diff(self, plan: KernelPlan) -> KernelDiff:
+        """Cheap check for the reconciler (see the module docstring)."""
+
+    @abstractmethod
+    def apply(self, plan: KernelPlan) -> KernelDiff:
+        """Make the kernel match ``plan`` without an open window; return what was changed.
+
+        Promoted (timed) elements are left alone: the plan does not contain them.
+        """
+
+    @abstractmethod
+    def flush(self) -> bool:
+        """Remove everything this backend owns; True if anything was there."""
+
+    @abstractmethod
+    def status(self, plan: KernelPlan | None = None) -> KernelStatus:
+        """Generation, set sizes and refusal counters, per listener found in the kernel or plan."""
+
+    @abstractmethod
+    def promote(self, listener: str, address: str, seconds: float) -> None:
+        """Refuse ``address`` on ``listener`` (name) for ``seconds``, replacing any earlier timeout."""
+
+    @abstractmethod
+    def promoted(self) -> list[Promotion]:
+        """Hosts currently in the timed sets, with the time they have left."""

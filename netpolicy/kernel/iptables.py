@@ -1,0 +1,664 @@
+"""The iptables backend, for legacy (x_tables) systems.
+
+Owned objects: the chain ``NETPOLICY`` in the ``filter`` table (IPv4 and, when a listener
+receives IPv6, IPv6), one jump to it from ``INPUT``, and ipsets whose names begin with
+``netpolicy``: per listener and family a ``hash:net`` refuse set (``netpolicy-<id>-r4``) and a
+``hash:ip`` set with timeouts for promoted hosts (``netpolicy-<id>-p4``). Per set one rule::
+
+    -A NETPOLICY [-d A] -p tcp --dport P --tcp-flags FIN,SYN,RST,ACK SYN
+       -m set --match-set netpolicy-<id>-r4 src -m comment --comment "netpolicy <id> refuse4 gen=G"
+       -j REJECT --reject-with tcp-reset
+
+python-iptables (libiptc) edits the chain, its rules and the jump under the xtables lock, and
+each table is committed as one unit. Set contents go through ``ipset restore``: element changes
+in place for small changes, a filled temporary set swapped in for big ones, so the rules always
+see either the old or the new set. Only the legacy backend uses python-iptables: on systems
+where ``iptables`` is iptables-nft, libiptc writes legacy tables the admin's tools do not show,
+which is why ``auto`` never picks this backend there.
+
+Verbose connection logging (NFLOG) is not offered here: python-iptables 1.2 corrupts memory
+when an NFLOG target is given a prefix (it segfaults on the next rule), and the prefix is what
+names the listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Set
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from netpolicy.kernel import ipset
+from netpolicy.kernel.base import Backend
+from netpolicy.kernel.delta import sorted_delta, split_hosts
+from netpolicy.kernel.layout import ListenerLayout, layout, listener_id, rule_comment, split_comment
+from netpolicy.kernel.model import (
+    Interval, KernelDiff, KernelError, KernelStatus, ListenerStatus, MissingCapability, Problem, Promotion,
+    SetDelta, role_label,
+)
+from netpolicy.plan import KernelPlan
+
+CHAIN = "NETPOLICY"
+XT_LOCK_PATH = "/run/xtables.lock"
+MIN_MAXELEM = 65536
+RELOAD_THRESHOLD = 50_000  # reload rather than read back a set this big whose size changed
+_THREAD_LOCK = threading.Lock()  # python-iptables keeps one handle per table for the process
+
+Norm = tuple[Any, ...]
+
+
+def set_name(kind: str, lid: str, family: int) -> str:
+    return f"netpolicy-{lid}-{kind[0]}{family}"
+
+
+def temp_name(name: str) -> str:
+    """Where a set is filled before being swapped in (still a ``netpolicy`` name: ours)."""
+    return "netpolicy~" + name.removeprefix("netpolicy-")
+
+
+def _parse_set_name(name: str) -> tuple[str, int, str] | None:
+    """(kind, family, listener id) for names made by ``set_name``."""
+    if not name.startswith("netpolicy-"):
+        return None
+    lid, sep, suffix = name.removeprefix("netpolicy-").rpartition("-")
+    kinds = {"r": "refuse", "p": "promoted"}
+    if not sep or len(suffix) != 2 or suffix[0] not in kinds or suffix[1] not in "46":
+        return None
+    return kinds[suffix[0]], int(suffix[1]), lid
+
+
+def iptables_is_nft() -> bool:
+    """Whether ``iptables`` on this system is the nf_tables variant (``iptables -V``)."""
+    try:
+        out = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return False
+    return "nf_tables" in out
+
+
+@contextlib.contextmanager
+def xtables_lock(timeout: float = 10.0) -> Iterator[None]:
+    """The lock every iptables tool takes (flock on /run/xtables.lock) around table changes."""
+    with _THREAD_LOCK:
+        fd = os.open(XT_LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise KernelError(f"another program holds the xtables lock ({XT_LOCK_PATH})") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _iptc() -> Any:
+    try:
+        import iptc  # noqa: PLC0415 - loads libxtables; only this backend needs it
+    except Exception as exc:  # the library raises assorted errors when libiptc is missing
+        raise KernelError(f"python-iptables is unusable here: {exc}") from exc
+    return iptc
+
+
+@contextlib.contextmanager
+def _table(family: int) -> Iterator[Any]:
+    """A fresh libiptc handle on ``filter`` for ``family``, opened in the calling thread (so
+    in its network namespace); uncommitted changes are dropped when the block ends."""
+    iptc = _iptc()
+    try:
+        table = iptc.Table(iptc.Table.FILTER) if family == 4 else iptc.Table6(iptc.Table6.FILTER)
+        table.autocommit = False
+        table.refresh()
+    except iptc.IPTCError as exc:
+        if "Permission denied" in str(exc) or "not permitted" in str(exc):
+            raise MissingCapability(f"libiptc: {exc}") from exc
+        raise KernelError(f"legacy iptables ({'ip' if family == 4 else 'ip6'}_tables) is unavailable: {exc}") from exc
+    try:
+        yield table
+    finally:
+        table.close()
+
+
+def _params(params: dict[str, list[str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((k, tuple(v)) for k, v in params.items()))
+
+
+def _net(text: str) -> str:
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def normalize(rule: Any) -> Norm:
+    """A comparable form of a libiptc rule: addresses, protocol, interfaces, matches, target."""
+    matches = tuple((m.name, _params(m.get_all_parameters())) for m in rule.matches)
+    target = rule.target
+    return (
+        _net(rule.src), _net(rule.dst), rule.protocol, rule.in_interface, rule.out_interface,
+        matches, target.name if target else "", _params(target.get_all_parameters()) if target else (),
+    )
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule we want in NETPOLICY."""
+
+    key: str
+    family: int
+    daddr: str | None
+    port: int
+    set_name: str
+    comment: str
+
+    def normalized(self) -> Norm:
+        any_net = "0.0.0.0/0" if self.family == 4 else "::/0"
+        dst = _net(self.daddr) if self.daddr else any_net
+        matches = (
+            ("tcp", _params({"dport": [str(self.port)], "tcp-flags": ["FIN,SYN,RST,ACK", "SYN"]})),
+            ("set", _params({"match-set": [self.set_name, "src"]})),
+            ("comment", _params({"comment": [self.comment]})),
+        )
+        return (any_net, dst, "tcp", None, None, matches, "REJECT", _params({"reject-with": ["tcp-reset"]}))
+
+    def build(self) -> Any:
+        iptc = _iptc()
+        rule = iptc.Rule() if self.family == 4 else iptc.Rule6()
+        rule.protocol = "tcp"
+        if self.daddr:
+            rule.dst = self.daddr
+        tcp = rule.create_match("tcp")
+        tcp.dport = str(self.port)
+        tcp.tcp_flags = ["FIN,SYN,RST,ACK", "SYN"]
+        rule.create_match("set").match_set = [self.set_name, "src"]
+        rule.create_match("comment").comment = self.comment
+        rule.target = rule.create_target("REJECT")
+        rule.target.reject_with = "tcp-reset"
+        return rule
+
+
+@dataclass(frozen=True)
+class WantSet:
+    name: str
+    lid: str
+    listener: str
+    kind: str
+    family: int
+    cidrs: tuple[str, ...]  # the plan's refuse list (empty for promoted sets)
+
+    @property
+    def type(self) -> str:
+        return "hash:net" if self.kind == "refuse" else "hash:ip"
+
+    @property
+    def ipset_family(self) -> str:
+        return "inet" if self.family == 4 else "inet6"
+
+
+@dataclass
+class Desired:
+    sets: dict[str, WantSet] = field(default_factory=dict)
+    rules: dict[int, list[RuleSpec]] = field(default_factory=lambda: {4: [], 6: []})
+
+
+def desired(plan: KernelPlan) -> Desired:
+    want = Desired()
+    for ll in layout(plan):
+        for family in ll.families:
+            for kind in ("refuse", "promoted"):
+                name = set_name(kind, ll.lid, family)
+                cidrs = ll.refuse_cidrs(family) if kind == "refuse" else ()
+                want.sets[name] = WantSet(name, ll.lid, ll.name, kind, family, cidrs)
+                key = ll.rule_key(kind, family)
+                want.rules[family].append(RuleSpec(key, family, ll.daddr(family), ll.port, name, rule_comment(key, plan.generation)))
+    return want
+
+
+def ipset_intervals(cidrs: tuple[str, ...]) -> frozenset[Interval]:
+    """The entries a hash:net set holds for a refuse list (hash:net has no /0: two halves)."""
+    hosts, nets = split_hosts(cidrs)
+    return _split_zero(hosts | nets)
+
+
+def _split_zero(intervals: Set[Interval]) -> frozenset[Interval]:
+    out = set(intervals)
+    for iv in intervals:
+        if iv.first == 0 and iv.last == iv.max_address:
+            out.discard(iv)
+            half = iv.max_address >> 1
+            out |= {Interval(iv.version, 0, half), Interval(iv.version, half + 1, iv.max_address)}
+    return frozenset(out)
+
+
+def _halves(cidr: str) -> tuple[str, ...]:
+    """A plan CIDR as hash:net entries: itself, or its two halves for a /0."""
+    if not cidr.endswith("/0"):
+        return (cidr,)
+    return ("0.0.0.0/1", "128.0.0.0/1") if "." in cidr else ("::/1", "8000::/1")
+
+
+def _entry(iv: Interval) -> str:
+    (cidr,) = iv.cidrs()
+    return cidr
+
+
+@dataclass
+class KnownSet:
+    """Entries of one refuse set as read or as last written; ``source`` as in the nftables backend."""
+
+    intervals: Set[Interval] | None
+    source: tuple[str, ...] | None = None
+
+
+@dataclass
+class FamilyState:
+    chain: bool = False
+    rules: list[tuple[Norm, str, str | None]] = field(default_factory=list)  # (form, key, generation)
+    jumps: int = 0
+
+
+@dataclass
+class IptState:
+    families: dict[int, FamilyState]
+    headers: dict[str, ipset.SetHeader]
+    elements: dict[str, KnownSet] = field(default_factory=dict)
+
+    def generation(self) -> str | None:
+        gens = {gen for fs in self.families.values() for _n, _k, gen in fs.rules if gen}
+        return ",".join(sorted(gens)) or None
+
+
+def _comment_of(form: Norm) -> str:
+    for name, params in form[5]:
+        if name == "comment":
+            return dict(params).get("comment", ("",))[0]
+    return ""
+
+
+def _read_family(family: int) -> FamilyState:
+    state = FamilyState()
+    with xtables_lock(), _table(family) as table:
+        iptc = _iptc()
+        state.jumps = sum(1 for r in iptc.Chain(table, "INPUT").rules if r.target and r.target.name == CHAIN)
+        if table.is_chain(CHAIN):
+            state.chain = True
+            for rule in iptc.Chain(table, CHAIN).rules:
+                form = normalize(rule)
+                key, gen = split_comment(_comment_of(form))
+                state.rules.append((form, key, gen))
+    return state
+
+
+class IptablesBackend(Backend):
+    """iptables (legacy) + ipset; see the module docstring."""
+
+    name = "iptables"
+    max_promote_seconds = 2_147_483  # ipset's limit
+
+    def __init__(self, log_group: int | None = None) -> None:
+        if log_group is not None:
+            raise KernelError(
+                "verbose connection logging (NFLOG) needs the nftables backend: python-iptables "
+                "crashes building NFLOG rules with a prefix"
+            )
+        self._known: dict[str, KnownSet] = {}
+        self._known_entries: dict[str, int] = {}
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether legacy ip_tables and ipset work here."""
+        try:
+            with _table(4):
+                pass
+            ipset.run(["list", "-n"])
+        except MissingCapability:
+            raise
+        except KernelError:
+            return False
+        return True
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def _read(self, want_families: set[int], trust_known: bool, allow_reload: bool = True) -> IptState:
+        families = {f: _read_family(f) for f in sorted(want_families)}
+        headers = ipset.headers()
+        state = IptState(families, headers)
+        for name, header in headers.items():
+            parsed = _parse_set_name(name)
+            if parsed is None or parsed[0] != "refuse" or header.type != "hash:net":
+                continue
+            mine = self._known.get(name) if trust_known else None
+            if mine is not None and mine.intervals is not None:
+                if self._known_entries.get(name) == header.entries:
+                    state.elements[name] = mine
+                    continue
+                if allow_reload and len(mine.intervals) > RELOAD_THRESHOLD:
+                    state.elements[name] = KnownSet(None)
+                    continue
+            state.elements[name] = KnownSet(frozenset(Interval.from_cidr(e) for e, _t in ipset.members(name)))
+        return state
+
+    def _families(self, want: Desired) -> set[int]:
+        """IPv4 always; IPv6 when a listener needs it or our chain is still there."""
+        return {4} | ({6} if want.rules[6] or self._ip6_present() else set())
+
+    @staticmethod
+    def _ip6_present() -> bool:
+        """Whether our chain exists in ip6tables (so it is checked even when no longer wanted)."""
+        try:
+            with xtables_lock(), _table(6) as table:
+                return bool(table.is_chain(CHAIN))
+        except KernelError:
+            return False
+
+    # ---- diffing -------------------------------------------------------------------------
+
+    def _reconcile(self, plan: KernelPlan, want: Desired, state: IptState) -> tuple[KernelDiff, dict[str, Any]]:
+        """The diff, and per set what apply must do: ("create" | "reload" | (add, remove))."""
+        problems: list[Problem] = []
+        deltas: list[SetDelta] = []
+        actions: dict[str, Any] = {}
+        stale: set[str] = set()
+        for family, fs in state.families.items():
+            rules = want.rules.get(family, [])
+            where = f"filter {CHAIN} (IPv{family})"
+            if not rules:
+                if fs.chain or fs.jumps:
+                    problems.append(Problem("unexpected-chain", where, "no listener needs it"))
+                continue
+            if not fs.chain:
+                problems.append(Problem("missing-chain", where))
+            if fs.jumps == 0:
+                problems.append(Problem("missing-jump", f"filter INPUT -j {CHAIN} (IPv{family})"))
+            elif fs.jumps > 1:
+                problems.append(Problem("extra-jump", f"filter INPUT -j {CHAIN} (IPv{family})", f"{fs.jumps} jumps"))
+            wanted = {r.key: r for r in rules}
+            seen: dict[str, tuple[Norm, str | None]] = {}
+            for form, key, gen in fs.rules:
+                if key in wanted and key not in seen:
+                    seen[key] = (form, gen)
+                else:
+                    problems.append(Problem("unexpected-rule", f"{where}: {_comment_of(form) or 'without comment'}"))
+            for spec in rules:
+                found = seen.get(spec.key)
+                if found is None:
+                    if fs.chain:
+                        problems.append(Problem("missing-rule", spec.key))
+                    continue
+                form, gen = found
+                as_written = replace(spec, comment=rule_comment(spec.key, gen or "")).normalized()
+                if form != as_written:
+                    problems.append(Problem("modified-rule", spec.key))
+                elif gen != plan.generation:
+                    stale.add(gen or "none")
+            order = [key for _f, key, _g in fs.rules if key in seen]
+            if order != [r.key for r in rules if r.key in seen]:
+                problems.append(Problem("modified-chain", where, "rule order changed"))
+        if stale:
+            problems.append(Problem("generation", f"filter {CHAIN}", f"kernel has {','.join(sorted(stale))}, plan is {plan.generation}"))
+
+        for name in sorted(state.headers.keys() - want.sets.keys()):
+            problems.append(Problem("unexpected-set", name))
+            actions[name] = "destroy"
+        for ws in want.sets.values():
+            header = state.headers.get(ws.name)
+            if header is None:
+                problems.append(Problem("missing-set", ws.name))
+                actions[ws.name] = "create"
+            elif (header.type, header.family, header.timeout) != (ws.type, ws.ipset_family, ws.kind == "promoted"):
+                problems.append(Problem("modified-set", ws.name, "type, family or timeout support changed"))
+                actions[ws.name] = "replace"
+            if ws.kind != "refuse":
+                continue
+            action = actions.get(ws.name)
+            if action in ("create", "replace"):
+                if ws.cidrs:
+                    deltas.append(SetDelta(ws.listener, ws.family, ipset_intervals(ws.cidrs)))
+                continue
+            known = state.elements[ws.name]
+            if known.intervals is None:
+                problems.append(Problem("modified-set", ws.name, "its size changed behind netpolicy's back; reloading it"))
+                actions[ws.name] = "reload"
+                continue
+            add, remove = self._delta(known, ws)
+            if header is not None and len(known.intervals) + len(add) - len(remove) > header.maxelem:
+                actions[ws.name] = "reload"
+            elif add or remove:
+                actions[ws.name] = (add, remove)
+            if add or remove:
+                deltas.append(SetDelta(ws.listener, ws.family, add, remove))
+        return KernelDiff(self.name, plan.generation, state.generation(), tuple(problems), tuple(deltas)), actions
+
+    @staticmethod
+    def _delta(known: KnownSet, ws: WantSet) -> tuple[frozenset[Interval], frozenset[Interval]]:
+        assert known.intervals is not None
+        if known.source is not None:
+            found = ([], []) if known.source is ws.cidrs else sorted_delta(known.source, ws.cidrs)
+            if found is not None:
+                return (_split_zero(frozenset(map(Interval.from_cidr, found[0]))),
+                        _split_zero(frozenset(map(Interval.from_cidr, found[1]))))
+        wanted = ipset_intervals(ws.cidrs)
+        return frozenset(wanted - known.intervals), frozenset(known.intervals - wanted)
+
+    # ---- writing -------------------------------------------------------------------------
+
+    @staticmethod
+    def _create_lines(ws: WantSet, name: str, count: int) -> list[str]:
+        maxelem = max(MIN_MAXELEM, 1 << max(1, 2 * count - 1).bit_length())
+        extra = " timeout 0" if ws.kind == "promoted" else ""
+        return [f"create {name} {ws.type} family {ws.ipset_family} maxelem {maxelem}{extra}"]
+
+    def _fill_lines(self, ws: WantSet, name: str) -> list[str]:
+        entries = [half for cidr in ws.cidrs for half in _halves(cidr)]
+        return self._create_lines(ws, name, len(entries)) + [f"add {name} {entry}" for entry in entries]
+
+    def _ipset_before(self, want: Desired, state: IptState, actions: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """ipset commands to run before the rules change, and after (once unreferenced)."""
+        before: list[str] = []
+        after: list[str] = []
+        for name, action in actions.items():
+            ws = want.sets.get(name)
+            if action == "destroy":
+                after.append(f"destroy {name}")
+            elif ws is None:
+                continue
+            elif action == "create":
+                before += self._fill_lines(ws, name)
+            elif action == "replace":  # wrong type: rules still use it, so rename it out of the way
+                before += [f"rename {name} {temp_name(name)}", *self._fill_lines(ws, name)]
+                after.append(f"destroy {temp_name(name)}")
+            elif action == "reload":
+                tmp = temp_name(name)
+                if tmp in state.headers:
+                    before.append(f"destroy {tmp}")
+                before += self._fill_lines(ws, tmp) + [f"swap {tmp} {name}", f"destroy {tmp}"]
+            else:
+                add, remove = action
+                # additions first: a narrower entry is only dropped once its replacement is in
+                before += [f"add {name} {_entry(iv)} -exist" for iv in sorted(add)]
+                before += [f"del {name} {_entry(iv)} -exist" for iv in sorted(remove)]
+        return before, after
+
+    def _sync_rules(self, family: int, specs: list[RuleSpec]) -> None:
+        """Make NETPOLICY and the INPUT jump match ``specs`` in one libiptc commit, under the
+        xtables lock, reading the table afresh so no concurrent change is overwritten."""
+        iptc = _iptc()
+        with xtables_lock(), _table(family) as table:
+            input_chain = iptc.Chain(table, "INPUT")
+            jumps = [r for r in input_chain.rules if r.target and r.target.name == CHAIN]
+            changed = False
+            if not specs:
+                for rule in jumps:
+                    input_chain.delete_rule(rule)
+                    changed = True
+                if table.is_chain(CHAIN):
+                    table.flush_entries(CHAIN)
+                    table.delete_chain(CHAIN)
+                    changed = True
+            else:
+                if not table.is_chain(CHAIN):
+                    table.create_chain(CHAIN)
+                    changed = True
+                chain = iptc.Chain(table, CHAIN)
+                current = list(chain.rules)
+                forms = [normalize(r) for r in current]
+                if forms != [s.normalized() for s in specs]:
+                    counters = {split_comment(_comment_of(f))[0]: r.get_counters() for f, r in zip(forms, current)}
+                    table.flush_entries(CHAIN)
+                    for spec in specs:
+                        rule = spec.build()
+                        if spec.key in counters:  # keep refusal counts across generations
+                            rule.set_counters(counters[spec.key])
+                        chain.append_rule(rule)
+                    changed = True
+                if not jumps:
+                    jump = iptc.Rule() if family == 4 else iptc.Rule6()
+                    jump.target = iptc.Target(jump, CHAIN)
+                    input_chain.insert_rule(jump)
+                    changed = True
+                for rule in jumps[1:]:
+                    input_chain.delete_rule(rule)
+                    changed = True
+            if changed:
+                try:
+                    table.commit()
+                except iptc.IPTCError as exc:
+                    raise KernelError(f"libiptc commit failed: {exc}") from exc
+
+    # ---- Backend -------------------------------------------------------------------------
+
+    def diff(self, plan: KernelPlan) -> KernelDiff:
+        want = desired(plan)
+        state = self._read(self._families(want), trust_known=False)
+        result, _actions = self._reconcile(plan, want, state)
+        self._remember_verified(state, want, result)
+        return result
+
+    def quick_diff(self, plan: KernelPlan) -> KernelDiff:
+        want = desired(plan)
+        state = self._read(self._families(want), trust_known=True)
+        result, _actions = self._reconcile(plan, want, state)
+        self._remember_verified(state, want, result)
+        return result
+
+    def _remember_verified(self, state: IptState, want: Desired, result: KernelDiff) -> None:
+        changed = {(d.listener, d.family) for d in result.sets}
+        self._known = {}
+        self._known_entries = {}
+        for name, known in state.elements.items():
+            if known.intervals is None:
+                continue
+            ws = want.sets.get(name)
+            in_sync = ws is not None and (ws.listener, ws.family) not in changed
+            self._known[name] = KnownSet(known.intervals, ws.cidrs if in_sync and ws else None)
+            self._known_entries[name] = state.headers[name].entries
+
+    def apply(self, plan: KernelPlan) -> KernelDiff:
+        want = desired(plan)
+        families = self._families(want)
+        state = self._read(families, trust_known=True)
+        result, actions = self._reconcile(plan, want, state)
+        if result.in_sync:
+            self._remember_verified(state, want, result)
+            return result
+        self._known, self._known_entries = {}, {}
+        before, after = self._ipset_before(want, state, actions)
+        ipset.restore(before)
+        for family in sorted(families):
+            self._sync_rules(family, want.rules.get(family, []))
+        ipset.restore(after)
+        headers = ipset.headers()
+        for ws in want.sets.values():
+            if ws.kind != "refuse" or ws.name not in headers:
+                continue
+            action = actions.get(ws.name)
+            old = state.elements.get(ws.name)
+            if isinstance(action, tuple) and old is not None and old.intervals is not None:
+                entries = set(old.intervals)
+                entries.difference_update(action[1])
+                entries.update(action[0])
+            elif action is None and old is not None and old.intervals is not None:
+                entries = set(old.intervals)
+            else:
+                entries = set(ipset_intervals(ws.cidrs))
+            self._known[ws.name] = KnownSet(entries, ws.cidrs)
+            self._known_entries[ws.name] = headers[ws.name].entries
+        return result
+
+    def flush(self) -> bool:
+        self._known, self._known_entries = {}, {}
+        found = False
+        for family in (4, 6):
+            try:
+                state = _read_family(family)
+            except KernelError:
+                if family == 6:
+                    continue
+                raise
+            if state.chain or state.jumps:
+                found = True
+                self._sync_rules(family, [])
+        names = sorted(ipset.headers())
+        ipset.restore([f"destroy {name}" for name in names])
+        return found or bool(names)
+
+    def status(self, plan: KernelPlan | None = None) -> KernelStatus:
+        families = {4} | ({6} if self._ip6_present() else set())
+        counters: dict[str, int] = {}
+        gens: set[str] = set()
+        iptc = _iptc()
+        for family in sorted(families):
+            with xtables_lock(), _table(family) as table:
+                if not table.is_chain(CHAIN):
+                    continue
+                for rule in iptc.Chain(table, CHAIN).rules:
+                    key, gen = split_comment(_comment_of(normalize(rule)))
+                    parts = key.split()
+                    if len(parts) == 3 and parts[0] == "netpolicy":
+                        counters[parts[1]] = counters.get(parts[1], 0) + rule.get_counters()[0]
+                    if gen:
+                        gens.add(gen)
+        sizes: dict[str, dict[str, int]] = {}
+        for name, header in ipset.headers().items():
+            parsed = _parse_set_name(name)
+            if parsed is not None:
+                kind, family, lid = parsed
+                sizes.setdefault(lid, {})[role_label(kind, family)] = header.entries
+        by_lid: dict[str, ListenerLayout] = {ll.lid: ll for ll in layout(plan)} if plan else {}
+        listeners = []
+        for lid in sorted(set(by_lid) | set(sizes) | set(counters)):
+            ll = by_lid.get(lid)
+            listeners.append(ListenerStatus(
+                name=ll.name if ll else lid, listener_id=lid,
+                address=ll.plan.address if ll else None, port=ll.port if ll else None,
+                installed=lid in sizes and lid in counters, set_sizes=sizes.get(lid, {}),
+                refused=counters.get(lid, 0),
+            ))
+        return KernelStatus(self.name, ",".join(sorted(gens)) or None, tuple(listeners))
+
+    def promote(self, listener: str, address: str, seconds: float) -> None:
+        if not 0 < seconds <= self.max_promote_seconds:
+            raise KernelError(f"promotion time must be between 1 and {self.max_promote_seconds} seconds")
+        family = ipaddress.ip_address(address).version
+        name = set_name("promoted", listener_id(listener), family)
+        if name not in ipset.headers():
+            raise KernelError(
+                f"listener {listener!r} has no {role_label('promoted', family)} set in the kernel "
+                "(not kernel-enforced, wrong address family, or the plan is not applied)"
+            )
+        ipset.restore([f"add {name} {address} timeout {int(seconds)} -exist"])
+
+    def promoted(self) -> list[Promotion]:
+        out: list[Promotion] = []
+        for name in ipset.headers():
+            parsed = _parse_set_name(name)
+            if parsed is not None and parsed[0] == "promoted":
+                out += [Promotion(parsed[2], entry, left or 0.0) for entry, left in ipset.members(name)]
+        return out
