@@ -7,8 +7,11 @@ that reads a policy takes ``-p/--policy`` (or ``NETPOLICY_POLICY``); a broken po
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -17,6 +20,7 @@ from rich.table import Table
 
 from netpolicy.compiler import compile_listener, compile_policy
 from netpolicy.hat import HatIndex, build_groups
+from netpolicy.kernel import BACKENDS, KernelDiff, KernelError, MissingCapability, select_backend
 from netpolicy.policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
 from netpolicy.policy.entries import EntryError, address_to_int
 from netpolicy.policy.hat_import import import_hat
@@ -134,6 +138,100 @@ def compile_cmd(policy_path: str, as_json: bool) -> None:
             for u in lp.userland_only:
                 ut.add_row(u.sender_group, u.entry, u.reason)
             console.print(ut)
+
+
+# -- kernel: diff, apply, status, flush (thin wrappers over netpolicy.kernel) ------------------
+
+EXIT_DRIFT = 2
+EXIT_NOPERM = 77  # sysexits.h EX_NOPERM: no CAP_NET_ADMIN
+
+backend_option = click.option(
+    "--backend",
+    "backend_name",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="Kernel backend (auto: nftables whenever nf_tables works, else legacy iptables).",
+)
+
+
+@contextlib.contextmanager
+def kernel_errors() -> Iterator[None]:
+    """Kernel-layer failures as one line on stderr; a missing CAP_NET_ADMIN exits 77, others 1."""
+    try:
+        yield
+    except MissingCapability as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_NOPERM)
+    except KernelError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def print_diff(result: KernelDiff, as_json: bool) -> None:
+    if as_json:
+        print_json(result.as_json())
+    elif result.in_sync:
+        click.echo(f"in sync: generation {result.generation} ({result.backend})")
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+@cli.command(name="diff")
+@policy_option
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="The diff as one JSON object.")
+def diff_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
+    """Desired kernel state against the running kernel; exit 0 in sync, 2 on drift."""
+    plan = compile_policy(load_or_exit(policy_path))
+    with kernel_errors():
+        result = select_backend(backend_name).diff(plan)
+    print_diff(result, as_json)
+    sys.exit(0 if result.in_sync else EXIT_DRIFT)
+
+
+@cli.command(name="apply")
+@policy_option
+@backend_option
+@click.option("--check", is_flag=True, help="Change nothing; like diff: exit 0 in sync, 2 on drift.")
+def apply_cmd(policy_path: str, backend_name: str, check: bool) -> None:
+    """Make the kernel match the policy, in one atomic transaction; print what changed."""
+    plan = compile_policy(load_or_exit(policy_path))
+    with kernel_errors():
+        backend = select_backend(backend_name)
+        result = backend.diff(plan) if check else backend.apply(plan)
+    print_diff(result, as_json=False)
+    if check:
+        sys.exit(0 if result.in_sync else EXIT_DRIFT)
+    if not result.in_sync:
+        click.echo(f"applied: generation {plan.generation} ({result.backend}, {result.element_changes} element changes)")
+
+
+@cli.command(name="status")
+@policy_option
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Status as one JSON object.")
+def status_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
+    """Backend, policy generation, set sizes and refusal counters per listener."""
+    plan = compile_policy(load_or_exit(policy_path)) if os.path.exists(policy_path) else None
+    with kernel_errors():
+        result = select_backend(backend_name).status(plan)
+    if as_json:
+        print_json(result.as_json())
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+@cli.command(name="flush")
+@backend_option
+def flush_cmd(backend_name: str) -> None:
+    """Remove everything netpolicy owns from the kernel (nothing else is touched)."""
+    with kernel_errors():
+        backend = select_backend(backend_name)
+        removed = backend.flush()
+    click.echo(f"flushed netpolicy's {backend.name} objects" if removed else f"nothing of netpolicy's in {backend.name}")
 
 
 @cli.command(name="import-hat")

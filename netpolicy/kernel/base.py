@@ -9,14 +9,21 @@ kernel's set sizes (and on nftables the ruleset generation) are unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, Concatenate, ParamSpec, TypeVar
 
 from netpolicy.kernel.model import KernelDiff, KernelStatus, MissingCapability, Promotion
 from netpolicy.plan import KernelPlan
 
 CAP_NET_ADMIN = 12
+
+P = ParamSpec("P")
+R = TypeVar("R")
+B = TypeVar("B", bound="Backend")
 
 
 def has_net_admin() -> bool:
@@ -45,12 +52,28 @@ def _gettid() -> int:
     return int(os.readlink("/proc/thread-self").rsplit("/", 1)[1])
 
 
+def serialized(fn: Callable[Concatenate[B, P], R]) -> Callable[Concatenate[B, P], R]:
+    """Run a backend method under the backend's lock: serve calls a backend from several
+    threads (reconciler, reloads, promotions, status), and the backend's memory of what it
+    last wrote must change under one writer at a time."""
+
+    @functools.wraps(fn)
+    def wrapper(self: B, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Backend(ABC):
     """One way of enforcing kernel refusals (nftables or iptables+ipset)."""
 
     name: ClassVar[str]
     # Longest promotion the kernel can hold in one go; the reconciler renews longer ones.
     max_promote_seconds: ClassVar[int]
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
 
     @abstractmethod
     def diff(self, plan: KernelPlan) -> KernelDiff:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netpolicy.kernel import ipset
-from netpolicy.kernel.base import Backend
+from netpolicy.kernel.base import Backend, serialized
 from netpolicy.kernel.delta import sorted_delta, split_hosts
 from netpolicy.kernel.layout import ListenerLayout, layout, listener_id, rule_comment, split_comment
 from netpolicy.kernel.model import (
@@ -308,6 +308,7 @@ class IptablesBackend(Backend):
                 "verbose connection logging (NFLOG) needs the nftables backend: python-iptables "
                 "crashes building NFLOG rules with a prefix"
             )
+        super().__init__()
         self._known: dict[str, KnownSet] = {}
         self._known_entries: dict[str, int] = {}
 
@@ -534,6 +535,7 @@ class IptablesBackend(Backend):
 
     # ---- Backend -------------------------------------------------------------------------
 
+    @serialized
     def diff(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan)
         state = self._read(self._families(want), trust_known=False)
@@ -541,6 +543,7 @@ class IptablesBackend(Backend):
         self._remember_verified(state, want, result)
         return result
 
+    @serialized
     def quick_diff(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan)
         state = self._read(self._families(want), trust_known=True)
@@ -560,6 +563,7 @@ class IptablesBackend(Backend):
             self._known[name] = KnownSet(known.intervals, ws.cidrs if in_sync and ws else None)
             self._known_entries[name] = state.headers[name].entries
 
+    @serialized
     def apply(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan)
         families = self._families(want)
@@ -592,6 +596,7 @@ class IptablesBackend(Backend):
             self._known_entries[ws.name] = headers[ws.name].entries
         return result
 
+    @serialized
     def flush(self) -> bool:
         self._known, self._known_entries = {}, {}
         found = False
@@ -609,6 +614,7 @@ class IptablesBackend(Backend):
         ipset.restore([f"destroy {name}" for name in names])
         return found or bool(names)
 
+    @serialized
     def status(self, plan: KernelPlan | None = None) -> KernelStatus:
         families = {4} | ({6} if self._ip6_present() else set())
         counters: dict[str, int] = {}
@@ -643,6 +649,7 @@ class IptablesBackend(Backend):
             ))
         return KernelStatus(self.name, ",".join(sorted(gens)) or None, tuple(listeners))
 
+    @serialized
     def promote(self, listener: str, address: str, seconds: float) -> None:
         if not 0 < seconds <= self.max_promote_seconds:
             raise KernelError(f"promotion time must be between 1 and {self.max_promote_seconds} seconds")
@@ -655,6 +662,7 @@ class IptablesBackend(Backend):
             )
         ipset.restore([f"add {name} {address} timeout {int(seconds)} -exist"])
 
+    @serialized
     def promoted(self) -> list[Promotion]:
         out: list[Promotion] = []
         for name in ipset.headers():

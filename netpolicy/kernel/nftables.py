@@ -39,7 +39,7 @@ from typing import ParamSpec, TypeVar
 
 from netpolicy.kernel import nfnl
 from netpolicy.kernel import nftmsg as m
-from netpolicy.kernel.base import Backend, netns_id
+from netpolicy.kernel.base import Backend, netns_id, serialized
 from netpolicy.kernel.delta import is_host, sorted_delta, split_hosts
 from netpolicy.kernel.layout import COMMENT_PREFIX, ListenerLayout, layout, listener_id, rule_comment, split_comment
 from netpolicy.kernel.model import (
@@ -439,6 +439,7 @@ class NftablesBackend(Backend):
 
     def __init__(self, log_group: int | None = None) -> None:
         """``log_group``: NFLOG group for verbose connection logging of refusals (None: off)."""
+        super().__init__()
         self.log_group = log_group
         self._known: _Known | None = None
 
@@ -518,6 +519,7 @@ class NftablesBackend(Backend):
 
     # ---- Backend -------------------------------------------------------------------------
 
+    @serialized
     @_netlink_errors
     def diff(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan, self.log_group)
@@ -527,6 +529,7 @@ class NftablesBackend(Backend):
         self._remember(state, plan if batch.diff.in_sync else None, self._verified_sets(state, want, batch))
         return batch.diff
 
+    @serialized
     @_netlink_errors
     def quick_diff(self, plan: KernelPlan) -> KernelDiff:
         with nfnl.NfnlSocket() as sock:
@@ -539,6 +542,7 @@ class NftablesBackend(Backend):
         self._remember(state, plan if batch.diff.in_sync else None, self._verified_sets(state, want, batch))
         return batch.diff
 
+    @serialized
     @_netlink_errors
     def apply(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan, self.log_group)
@@ -585,6 +589,7 @@ class NftablesBackend(Backend):
         state = NftState(expected_genid, table, consistent=sock.genid() == expected_genid)
         self._remember(state, plan, sets)
 
+    @serialized
     @_netlink_errors
     def flush(self) -> bool:
         self._known = None
@@ -604,6 +609,7 @@ class NftablesBackend(Backend):
                 return True
         raise KernelError("nftables: the ruleset kept changing while flushing")
 
+    @serialized
     @_netlink_errors
     def status(self, plan: KernelPlan | None = None) -> KernelStatus:
         with nfnl.NfnlSocket() as sock:
@@ -639,6 +645,7 @@ class NftablesBackend(Backend):
             ))
         return KernelStatus(self.name, state.generation(), tuple(listeners))
 
+    @serialized
     @_netlink_errors
     def promote(self, listener: str, address: str, seconds: float) -> None:
         if not 0 < seconds <= self.max_promote_seconds:
@@ -663,6 +670,7 @@ class NftablesBackend(Backend):
                     ) from exc
                 raise
 
+    @serialized
     @_netlink_errors
     def promoted(self) -> list[Promotion]:
         out: list[Promotion] = []

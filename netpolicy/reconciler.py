@@ -1,0 +1,150 @@
+"""Keeps the kernel on the desired plan: applies new plans, detects drift, repairs it.
+
+Other tools flush rulesets (``nft flush ruleset``, firewalld reloads, Docker), delete rules or
+elements, or drop the INPUT jump. The reconciler holds the desired plan in memory and, every
+interval, asks the backend for a cheap check (``quick_diff``: on nftables one netlink request
+when the ruleset generation did not move; otherwise the table without its elements plus set
+sizes). Only when that shows a difference does it repair, by the same atomic ``apply`` a
+policy change uses, and it logs what was wrong (logger ``netpolicy.reconciler``).
+
+It also remembers the hosts promoted at runtime: they are not part of the plan, so a flushed
+table loses them; the reconciler puts them back with the time they have left, and renews
+promotions longer than the kernel can hold in one go before they lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from netpolicy.kernel.base import Backend
+from netpolicy.kernel.layout import listener_id
+from netpolicy.kernel.model import KernelDiff, KernelError
+from netpolicy.plan import KernelPlan
+
+log = logging.getLogger("netpolicy.reconciler")
+
+MAX_LOGGED_LINES = 20  # per repair; the rest is summarised
+RENEW_WINDOW = 60.0  # renew a promotion the kernel will drop within this many seconds
+SLACK = 2.0  # seconds of disagreement between our clock and the kernel's timers that are fine
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check did: ``applied`` a new plan, ``repaired`` drift, or neither (in sync)."""
+
+    applied: bool = False
+    repaired: bool = False
+    diff: KernelDiff | None = None
+
+
+class Reconciler:
+    """Library part of ``serve``: one desired plan, one backend, repairs counted."""
+
+    def __init__(self, backend: Backend, plan: KernelPlan, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.repairs = 0
+        self.checks = 0
+        self.last_error: str | None = None
+        self._plan = plan
+        self._applied: KernelPlan | None = None
+        self._clock = clock
+        self._promotions: dict[tuple[str, str], float] = {}  # (listener, address) -> deadline
+        self._lock = threading.Lock()
+
+    @property
+    def plan(self) -> KernelPlan:
+        return self._plan
+
+    def set_plan(self, plan: KernelPlan) -> None:
+        """A reload: the next check applies ``plan`` (promotions are kept)."""
+        with self._lock:
+            self._plan = plan
+
+    def promote(self, listener: str, address: str, seconds: float) -> None:
+        """Promote a host now and keep it promoted for ``seconds``, across drift repairs."""
+        address = str(ipaddress.ip_address(address))
+        with self._lock:
+            self.backend.promote(listener, address, min(seconds, self.backend.max_promote_seconds))
+            self._promotions[(listener, address)] = self._clock() + seconds
+
+    def check_once(self) -> CheckResult:
+        """Apply a new plan, or check for drift and repair it. Blocking: run it in a thread."""
+        with self._lock:
+            self.checks += 1
+            plan = self._plan
+            if self._applied is not plan:
+                diff = self.backend.apply(plan)
+                self._applied = plan
+                if not diff.in_sync:
+                    log.info("applied policy generation %s (%d element changes)", plan.generation, diff.element_changes)
+                self._renew_promotions()
+                return CheckResult(applied=True, diff=diff)
+            found = self.backend.quick_diff(plan)
+            if found.in_sync:
+                self._renew_promotions()
+                return CheckResult()
+            repaired = self.backend.apply(plan)
+            if repaired.in_sync:  # someone put it back between our check and the repair
+                log.info("drift gone before repair: %s", _summary(found.lines()))
+                return CheckResult()
+            self.repairs += 1
+            log.warning(
+                "drift repaired (repair %d, %s backend, generation %s): %s",
+                self.repairs, self.backend.name, plan.generation, _summary(repaired.lines()),
+            )
+            self._renew_promotions()
+            return CheckResult(repaired=True, diff=repaired)
+
+    async def run(self, interval: float = 1.0, executor: Executor | None = None) -> None:
+        """Check every ``interval`` seconds until cancelled; errors are logged, not fatal.
+
+        Checks run in ``executor`` (default: asyncio's), since netfilter calls block; tests pass
+        one whose thread lives in their network namespace.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(executor, self.check_once)
+                self.last_error = None
+            except KernelError as exc:
+                if str(exc) != self.last_error:
+                    log.error("reconciler: %s", exc)
+                self.last_error = str(exc)
+            await asyncio.sleep(interval)
+
+    def _renew_promotions(self) -> None:
+        """Put back promotions the kernel lost (a flushed table, a deleted element) and renew
+        those the kernel would drop before their time (longer than it can hold in one go).
+        The timed sets are small, so reading them on every check costs little."""
+        now = self._clock()
+        for key in [k for k, deadline in self._promotions.items() if deadline - now <= SLACK]:
+            del self._promotions[key]
+        if not self._promotions:
+            return
+        kernel = {(p.listener, p.address): p.expires_in for p in self.backend.promoted()}
+        for (listener, address), deadline in self._promotions.items():
+            left = deadline - now
+            have = kernel.get((listener_id(listener), address))
+            if have is not None and (have >= left - SLACK or have > RENEW_WINDOW):
+                continue
+            seconds = min(left, self.backend.max_promote_seconds)
+            try:
+                self.backend.promote(listener, address, seconds)
+            except KernelError as exc:
+                log.error("could not restore the promotion of %s on %s: %s", address, listener, exc)
+                continue
+            what = "restored" if have is None else "renewed"
+            log.warning("%s the promotion of %s on %s (%.0f s left)", what, address, listener, left)
+
+
+def _summary(lines: list[str]) -> str:
+    shown = "; ".join(lines[:MAX_LOGGED_LINES])
+    more = len(lines) - MAX_LOGGED_LINES
+    return shown + (f"; and {more} more" if more > 0 else "")
