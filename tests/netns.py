@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -61,22 +62,32 @@ class Netns:
     def popen(self, args: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["ip", "netns", "exec", self.name, *args], **kwargs)  # type: ignore[call-overload]
 
+    def enter(self) -> None:
+        """Move the calling thread into this namespace (setns is per thread)."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+    def executor(self) -> ThreadPoolExecutor:
+        """A one-thread executor whose thread lives in this namespace, for work that runs in
+        the background (a reconciler loop, a prober); the caller shuts it down."""
+        return ThreadPoolExecutor(max_workers=1, initializer=self.enter, thread_name_prefix=self.name)
+
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in a thread that has entered this namespace; return its result."""
         result: list[T] = []
         error: list[BaseException] = []
 
         def target() -> None:
-            fd = os.open(self.path, os.O_RDONLY)
             try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                self.enter()
                 result.append(fn())
             except BaseException as exc:  # re-raised in the caller
                 error.append(exc)
-            finally:
-                os.close(fd)
 
         thread = threading.Thread(target=target)
         thread.start()

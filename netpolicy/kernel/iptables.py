@@ -107,6 +107,12 @@ def _iptc() -> Any:
         import iptc  # noqa: PLC0415 - loads libxtables; only this backend needs it
     except Exception as exc:  # the library raises assorted errors when libiptc is missing
         raise KernelError(f"python-iptables is unusable here: {exc}") from exc
+    # Building or reading any non-standard target (REJECT, a jump) makes python-iptables open
+    # every table it knows to look for a chain of that name, and opening a legacy table
+    # instantiates it: nat, mangle, raw and security would appear in the namespace. Telling it
+    # in advance that only filter exists keeps us to the one table we own a chain in.
+    for table_cls in (iptc.Table, iptc.Table6):
+        table_cls.existing_table_names.update({name: name == "filter" for name in table_cls.ALL})
     return iptc
 
 
@@ -282,8 +288,21 @@ def _comment_of(form: Norm) -> str:
     return ""
 
 
+def _filter_exists(family: int) -> bool:
+    """Whether the legacy filter table already exists in this thread's namespace. Opening a
+    table creates it, so a family nobody uses is checked here and left alone."""
+    names = f"/proc/thread-self/net/{'ip' if family == 4 else 'ip6'}_tables_names"
+    try:
+        with open(names, encoding="ascii") as fh:
+            return "filter" in fh.read().split()
+    except OSError:
+        return False
+
+
 def _read_family(family: int) -> FamilyState:
     state = FamilyState()
+    if not _filter_exists(family):
+        return state
     with xtables_lock(), _table(family) as table:
         iptc = _iptc()
         state.jumps = sum(1 for r in iptc.Chain(table, "INPUT").rules if r.target and r.target.name == CHAIN)
@@ -314,10 +333,12 @@ class IptablesBackend(Backend):
 
     @classmethod
     def available(cls) -> bool:
-        """Whether legacy ip_tables and ipset work here."""
+        """Whether legacy ip_tables and ipset work here (without creating a table when the
+        kernel already lists ip_tables: opening one would instantiate it)."""
         try:
-            with _table(4):
-                pass
+            if not os.path.exists("/proc/thread-self/net/ip_tables_names"):
+                with _table(4):
+                    pass
             ipset.run(["list", "-n"])
         except MissingCapability:
             raise
@@ -353,11 +374,7 @@ class IptablesBackend(Backend):
     @staticmethod
     def _ip6_present() -> bool:
         """Whether our chain exists in ip6tables (so it is checked even when no longer wanted)."""
-        try:
-            with xtables_lock(), _table(6) as table:
-                return bool(table.is_chain(CHAIN))
-        except KernelError:
-            return False
+        return _read_family(6).chain
 
     # ---- diffing -------------------------------------------------------------------------
 
@@ -491,6 +508,8 @@ class IptablesBackend(Backend):
         """Make NETPOLICY and the INPUT jump match ``specs`` in one libiptc commit, under the
         xtables lock, reading the table afresh so no concurrent change is overwritten."""
         iptc = _iptc()
+        if not specs and not _filter_exists(family):
+            return
         with xtables_lock(), _table(family) as table:
             input_chain = iptc.Chain(table, "INPUT")
             jumps = [r for r in input_chain.rules if r.target and r.target.name == CHAIN]
@@ -601,12 +620,7 @@ class IptablesBackend(Backend):
         self._known, self._known_entries = {}, {}
         found = False
         for family in (4, 6):
-            try:
-                state = _read_family(family)
-            except KernelError:
-                if family == 6:
-                    continue
-                raise
+            state = _read_family(family)
             if state.chain or state.jumps:
                 found = True
                 self._sync_rules(family, [])
@@ -621,6 +635,8 @@ class IptablesBackend(Backend):
         gens: set[str] = set()
         iptc = _iptc()
         for family in sorted(families):
+            if not _filter_exists(family):
+                continue
             with xtables_lock(), _table(family) as table:
                 if not table.is_chain(CHAIN):
                     continue

@@ -1,0 +1,128 @@
+"""Drift: someone flushes the ruleset, deletes an element, a rule or the jump. A full diff sees
+it, enforcement is really broken, and the reconciler repairs it (and logs what was wrong)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+
+import pytest
+
+from netpolicy.reconciler import Reconciler
+from tests.integration.kernel_support import (
+    BACKENDS, BLOCKED_HOST, LISTENER, PORT, backend_in, listening, make_plan, outcome, wait_for,
+)
+from tests.netns import NetPair, Netns
+
+pytestmark = pytest.mark.netns
+
+
+def _nft_delete_rule(ns: Netns) -> None:
+    listing = ns.exec(["nft", "-a", "list", "chain", "inet", "netpolicy", "input"]).stdout
+    handle = re.search(r"hosts4 gen=\S+\" # handle (\d+)", listing)
+    assert handle, listing
+    ns.exec(["nft", "delete", "rule", "inet", "netpolicy", "input", "handle", handle.group(1)])
+
+
+def _xt(ns: Netns, *args: str) -> None:
+    ns.exec(["iptables-legacy", *args])
+
+
+def _iptables_flush_all(ns: Netns) -> None:
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
+        ns.exec([tool, "-F"])
+        ns.exec([tool, "-X"])
+    ns.exec(["ipset", "destroy"])
+
+
+# label -> (how to cause it, a line the diff and the repair log must contain)
+DRIFT: dict[str, dict[str, tuple[Callable[[Netns], None], str]]] = {
+    "nftables": {
+        "table flushed": (lambda ns: ns.exec(["nft", "flush", "ruleset"]), "! missing table: inet netpolicy"),
+        "element deleted": (
+            lambda ns: ns.exec(["nft", "delete", "element", "inet", "netpolicy", f"h4_{LISTENER}", f"{{ {BLOCKED_HOST} }}"]),
+            f"+ {BLOCKED_HOST}/32 -> {LISTENER} refuse4",
+        ),
+        "rule deleted": (_nft_delete_rule, f"! missing rule: netpolicy {LISTENER} hosts4"),
+        "hook chain deleted": (
+            lambda ns: (ns.exec(["nft", "flush", "chain", "inet", "netpolicy", "input"]),
+                        ns.exec(["nft", "delete", "chain", "inet", "netpolicy", "input"])),
+            "! missing chain: inet netpolicy input",
+        ),
+    },
+    "iptables": {
+        "table flushed": (_iptables_flush_all, "! missing chain: filter NETPOLICY (IPv4)"),
+        "element deleted": (
+            lambda ns: ns.exec(["ipset", "del", f"netpolicy-{LISTENER}-r4", BLOCKED_HOST]),
+            f"+ {BLOCKED_HOST}/32 -> {LISTENER} refuse4",
+        ),
+        "rule deleted": (lambda ns: _xt(ns, "-D", "NETPOLICY", "1"), f"! missing rule: netpolicy {LISTENER} refuse4"),
+        "jump deleted": (lambda ns: _xt(ns, "-D", "INPUT", "-j", "NETPOLICY"), "! missing jump: filter INPUT -j NETPOLICY (IPv4)"),
+    },
+}
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_each_drift_is_seen_by_diff_and_repaired_by_the_reconciler(
+    netpair: NetPair, backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = backend_in(netpair.server, backend_name)
+    blocked = netpair.add_client_address(BLOCKED_HOST)
+    plan = make_plan(netpair.server_v4)
+    reconciler = Reconciler(backend, plan)
+    assert netpair.server.call(reconciler.check_once).applied
+    dest = (netpair.server_v4, PORT)
+    caplog.set_level(logging.INFO, logger="netpolicy.reconciler")
+    with listening(netpair, netpair.server_v4):
+        assert outcome(netpair.client, dest, blocked) == "refused"
+        assert not netpair.server.call(reconciler.check_once).repaired
+        for number, (label, (cause, expected)) in enumerate(DRIFT[backend_name].items(), start=1):
+            cause(netpair.server)
+            assert outcome(netpair.client, dest, blocked) == "connected", f"{label}: drift did not break enforcement"
+            fresh = backend_in(netpair.server, backend_name)  # a full read, as `netpolicy diff` does
+            found = netpair.server.call(lambda: fresh.diff(plan))
+            assert expected in found.lines(), f"{label}: {found.lines()}"
+            caplog.clear()
+            result = netpair.server.call(reconciler.check_once)
+            assert result.repaired and reconciler.repairs == number, label
+            logged = " ".join(r.getMessage() for r in caplog.records if r.name == "netpolicy.reconciler")
+            assert "drift repaired" in logged and expected in logged, f"{label}: {logged}"
+            assert outcome(netpair.client, dest, blocked) == "refused", label
+            assert netpair.server.call(lambda: fresh.diff(plan)).in_sync, label
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_reconciler_loop_repairs_a_flushed_ruleset_and_restores_promotions(netpair: NetPair, backend_name: str) -> None:
+    backend = backend_in(netpair.server, backend_name)
+    blocked = netpair.add_client_address(BLOCKED_HOST)
+    promoted = netpair.add_client_address("192.0.2.99")
+    plan = make_plan(netpair.server_v4)
+    reconciler = Reconciler(backend, plan)
+    executor = netpair.server.executor()
+    dest = (netpair.server_v4, PORT)
+
+    async def scenario() -> None:
+        loop_task = asyncio.create_task(reconciler.run(interval=0.1, executor=executor))
+        try:
+            assert await asyncio.to_thread(wait_for, lambda: reconciler.checks > 0)
+            await asyncio.get_running_loop().run_in_executor(executor, reconciler.promote, LISTENER, promoted, 300)
+            assert outcome(netpair.client, dest, promoted) == "refused"
+            DRIFT[backend_name]["table flushed"][0](netpair.server)
+            assert await asyncio.to_thread(wait_for, lambda: reconciler.repairs >= 1)
+            assert await asyncio.to_thread(wait_for, lambda: outcome(netpair.client, dest, promoted, 0.5) == "refused")
+            assert outcome(netpair.client, dest, blocked) == "refused"
+            left = {p.address: p.expires_in for p in netpair.server.call(backend.promoted)}
+            assert 250 < left[promoted] <= 300
+        finally:
+            loop_task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await loop_task
+
+    with listening(netpair, netpair.server_v4):
+        try:
+            asyncio.run(scenario())
+        finally:
+            executor.shutdown()
+    assert reconciler.last_error is None
