@@ -216,12 +216,18 @@ def status_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
     """Backend, policy generation, set sizes and refusal counters per listener."""
     plan = compile_policy(load_or_exit(policy_path)) if os.path.exists(policy_path) else None
     with kernel_errors():
-        result = select_backend(backend_name).status(plan)
+        backend = select_backend(backend_name)
+        result = backend.status(plan)
+        promoted = backend.promoted()
     if as_json:
-        print_json(result.as_json())
+        print_json({**result.as_json(), "promoted": [
+            {"listener": p.listener, "address": p.address, "expires_in": round(p.expires_in)} for p in promoted
+        ]})
     else:
         for line in result.lines():
             click.echo(line)
+        for p in promoted:
+            click.echo(f"promoted: {p.address} on {p.listener} ({p.expires_in:.0f} s left)")
 
 
 @cli.command(name="flush")
@@ -247,6 +253,22 @@ def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hos
     except ValueError as exc:  # HatImportError carries file:line
         click.echo(str(exc), err=True)
         sys.exit(1)
+
+
+@cli.command()
+@policy_option
+@click.option("--backend", type=click.Choice(["auto", "nftables", "iptables"]), default="auto", show_default=True)
+@click.option("--mail-log", "mail_log", type=click.Path(dir_okay=False), help="Mail log file (default: standard error).")
+@click.option("--verbose-connections", is_flag=True, help="Log each kernel refusal as ICID 0 TCPREFUSE (via NFLOG).")
+@click.option("--metrics", metavar="ADDR:PORT", help="Expose Prometheus metrics there.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60), help="Reconciler and file-watch interval (s).")
+def serve(policy_path: str, backend: str, mail_log: str | None, verbose_connections: bool, metrics: str | None, interval: float) -> None:
+    """Listeners and kernel on one policy generation; SIGHUP or a file change reloads."""
+    from netpolicy.serve import ServeOptions
+    from netpolicy.serve import serve as run_daemon
+
+    options = ServeOptions(policy_path, backend, mail_log, verbose_connections, metrics, interval, interval)
+    sys.exit(run_daemon(options))
 
 
 @cli.command()

@@ -1,37 +1,76 @@
-"""Prometheus metrics for ``serve`` (prometheus-client, on its own registry).
+"""Prometheus metrics for ``serve`` (prometheus-client, on the daemon's own registry).
 
-A registry per daemon keeps tests independent and exposes only netpolicy's series. Kernel
-refusal counts come from the nftables named counters, read on each reconciler pass, so they
-count SYNs the SMTP process never saw.
+The listeners and the reconciler already count what happens (``ListenerStats``, repair counts,
+kernel counters); the collector reads those at scrape time instead of keeping a second set of
+counters that could drift from the first. Kernel refusals come from the nftables named counters,
+so they count SYNs the SMTP process never saw.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from netpolicy.policy.model import split_host_port
+from netpolicy.smtp.listener import ListenerStats
+
+
+@dataclass
+class DaemonView:
+    """What the collector reads; ``serve`` keeps it current."""
+
+    generation: str = ""
+    listeners: dict[str, ListenerStats] = field(default_factory=dict)
+    kernel_refusals: dict[str, int] = field(default_factory=dict)  # listener -> packets
+    drift_repairs: Callable[[], int] = lambda: 0
+    promotions: dict[str, int] = field(default_factory=dict)
+
+
+class DaemonCollector(Collector):
+    def __init__(self, view: DaemonView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.view
+        info = InfoMetricFamily("netpolicy_policy", "Policy generation in force")
+        info.add_metric([], {"generation": v.generation})
+        yield info
+        conns = CounterMetricFamily("netpolicy_connections", "SMTP connections by HAT decision", labels=["listener", "sender_group", "behavior"])
+        msgs = CounterMetricFamily("netpolicy_messages", "Messages by outcome", labels=["listener", "outcome"])
+        open_conns = GaugeMetricFamily("netpolicy_open_connections", "Open SMTP connections", labels=["listener"])
+        for name, stats in v.listeners.items():
+            for (group, behavior), n in stats.connections.items():
+                conns.add_metric([name, group, behavior], n)
+            for outcome, n in (("accepted", stats.messages_accepted), ("delivered", stats.messages_delivered),
+                               ("tempfailed", stats.messages_temp_failed), ("rejected", stats.messages_rejected)):
+                msgs.add_metric([name, outcome], n)
+            open_conns.add_metric([name], stats.open_connections)
+        yield conns
+        yield msgs
+        yield open_conns
+        refusals = CounterMetricFamily("netpolicy_kernel_refusals", "SYNs refused by the kernel", labels=["listener"])
+        for name, n in v.kernel_refusals.items():
+            refusals.add_metric([name], n)
+        yield refusals
+        promotions = CounterMetricFamily("netpolicy_promotions", "Hosts promoted into kernel refuse sets", labels=["listener"])
+        for name, n in v.promotions.items():
+            promotions.add_metric([name], n)
+        yield promotions
+        yield CounterMetricFamily("netpolicy_drift_repairs", "Kernel drift repairs", value=v.drift_repairs())
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, view: DaemonView) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.connections = Counter(
-            "netpolicy_connections", "SMTP connections by HAT decision", ["listener", "sender_group", "behavior"], registry=r
-        )
-        self.kernel_refusals = Gauge(
-            "netpolicy_kernel_refusals", "SYNs refused by the kernel (nftables counters)", ["listener"], registry=r
-        )
-        self.messages = Counter(
-            "netpolicy_messages", "Messages by outcome (accepted, delivered, tempfailed)", ["listener", "outcome"], registry=r
-        )
-        self.drift_repairs = Counter("netpolicy_drift_repairs", "Kernel drift repairs", registry=r)
-        self.promotions = Counter("netpolicy_promotions", "Hosts promoted into kernel refuse sets", ["listener"], registry=r)
+        self.registry.register(DaemonCollector(view))
         self.apply_seconds = Histogram(
-            "netpolicy_apply_seconds", "Time to apply a kernel plan", registry=r,
+            "netpolicy_apply_seconds", "Time to apply a kernel plan", registry=self.registry,
             buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.generation = Info("netpolicy_policy", "Policy generation in force", registry=r)
 
     def serve(self, address: str) -> None:
         """Expose /metrics on ``ADDR:PORT`` from a background thread."""

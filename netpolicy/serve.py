@@ -1,0 +1,280 @@
+"""``netpolicy serve``: listeners and kernel on one policy generation, in one process.
+
+Start-up: load and validate the policy (a broken one exits 1 before anything is touched), apply
+the kernel plan, start every listener, run the reconciler loop, then tell systemd READY=1.
+
+Reload (SIGHUP, or the policy file changing on disk): validate and compile the new policy; a
+broken one is logged with file:line and changes nothing. Otherwise the kernel diff is applied
+first, then the listeners' HAT indexes are swapped, so the kernel never refuses less than the
+listeners expect. Connections already open finish under the policy they started with.
+Listeners added, removed or rebound are started and stopped without touching the others.
+
+One process rather than a privileged reconciler plus an unprivileged SMTP process: the unit runs
+it as an unprivileged user with only CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (see README), which
+gives the same containment without an IPC protocol between two halves that must agree on the
+policy generation anyway.
+
+Without CAP_NET_ADMIN (e.g. ``make run`` as a user), serve warns and runs userland-only: the
+listeners refuse TCPREFUSE hosts themselves (handshake, then RST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from netpolicy.compiler import compile_policy
+from netpolicy.dns import DnsResolver
+from netpolicy.hat import Decision, HatIndex, build_hat_indexes
+from netpolicy.kernel import select_backend
+from netpolicy.kernel.base import Backend, has_net_admin
+from netpolicy.kernel.layout import listener_id
+from netpolicy.kernel.model import KernelError
+from netpolicy.maillog import MailLog
+from netpolicy.metrics import DaemonView, Metrics
+from netpolicy.nflog import NflogReader
+from netpolicy.plan import KernelPlan
+from netpolicy.policy import Policy, PolicyError, load_policy
+from netpolicy.promotion import OffenceTracker
+from netpolicy.reconciler import Reconciler
+from netpolicy.sdnotify import notify
+from netpolicy.smtp.listener import SmtpListener
+
+log = logging.getLogger("netpolicy.serve")
+
+NFLOG_GROUP = 2525  # the group the kernel rules log refused SYNs to with --verbose-connections
+
+
+@dataclass
+class ServeOptions:
+    policy_path: str
+    backend: str = "auto"
+    mail_log: str | None = None
+    verbose_connections: bool = False
+    metrics: str | None = None
+    reconcile_interval: float = 1.0
+    watch_interval: float = 1.0
+
+
+def _file_signature(path: str) -> tuple[int, int, float] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime
+
+
+class Daemon:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.maillog = MailLog(options.mail_log)
+        self.resolver = DnsResolver()
+        self.offences = OffenceTracker()
+        self.view = DaemonView()
+        self.metrics = Metrics(self.view)
+        self.listeners: dict[str, SmtpListener] = {}
+        self.policy: Policy | None = None
+        self.hats: dict[str, HatIndex] = {}
+        self.backend: Backend | None = None
+        self.reconciler: Reconciler | None = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._signature = _file_signature(options.policy_path)
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            policy = load_policy(self.options.policy_path)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                log.error("%s", problem)
+            return 1
+        self._select_backend()
+        plan = compile_policy(policy)
+        if self.backend is not None:
+            self.reconciler = Reconciler(self.backend, plan)
+            reconciler = self.reconciler
+            self.view.drift_repairs = lambda: reconciler.repairs
+            try:
+                await self._apply(plan)
+            except KernelError as exc:
+                log.error("cannot apply the kernel plan: %s", exc)
+                return 1
+        await self._install(policy, plan)
+        if self.options.metrics:
+            self.metrics.serve(self.options.metrics)
+        tasks = [asyncio.create_task(self._watch())]
+        if self.reconciler is not None:
+            tasks.append(asyncio.create_task(self._reconcile()))
+        if self.options.verbose_connections and self.backend is not None:
+            tasks.append(asyncio.create_task(self._read_nflog()))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        notify(f"READY=1\nSTATUS=policy generation {policy.generation()}")
+        log.info("serving policy generation %s", policy.generation())
+        await self._stop.wait()
+        notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+        return 0
+
+    def _log_group(self) -> int | None:
+        return NFLOG_GROUP if self.options.verbose_connections else None
+
+    def _select_backend(self) -> None:
+        if not has_net_admin():
+            log.warning("no CAP_NET_ADMIN: kernel enforcement is off, TCPREFUSE is handled in userland (handshake, then RST)")
+            return
+        try:
+            self.backend = select_backend(self.options.backend, log_group=self._log_group())
+        except KernelError as exc:
+            log.warning("kernel enforcement is off (%s): TCPREFUSE is handled in userland", exc)
+
+    async def _apply(self, plan: KernelPlan) -> None:
+        """Hand ``plan`` to the reconciler and apply it now (one path for start, reload, repair)."""
+        assert self.reconciler is not None
+        started = time.perf_counter()
+        self.reconciler.set_plan(plan)
+        result = await asyncio.to_thread(self.reconciler.check_once)
+        elapsed = time.perf_counter() - started
+        self.metrics.apply_seconds.observe(elapsed)
+        changes = result.diff.element_changes if result.diff is not None else 0
+        log.info("kernel at policy generation %s (%d element changes, %.3f s)", plan.generation, changes, elapsed)
+
+    async def _install(self, policy: Policy, plan: KernelPlan) -> None:
+        """Make the listeners serve ``policy``: swap, start new, stop removed or rebound ones."""
+        hats = build_hat_indexes(policy)
+        wanted = {lst.name: lst for lst in policy.listeners}
+        for name, smtp in list(self.listeners.items()):
+            new = wanted.get(name)
+            if new is None or (new.address, new.port) != (smtp.listener.address, smtp.listener.port):
+                await smtp.stop()
+                del self.listeners[name]
+                self.view.listeners.pop(name, None)
+                log.info("listener %s stopped", name)
+        for name, listener in wanted.items():
+            if name in self.listeners:
+                self.listeners[name].swap_hat(hats[name], listener)
+                continue
+            smtp = SmtpListener(listener, hats[name], self.resolver, self.maillog, on_offence=self._on_offence)
+            await smtp.start()
+            self.listeners[name] = smtp
+            self.view.listeners[name] = smtp.stats
+            log.info("listener %s on %s port %d", name, listener.address, listener.port)
+        self.policy, self.hats = policy, hats
+        self.view.generation = plan.generation
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    async def reload(self, why: str) -> bool:
+        """Validate, apply the kernel diff, then swap listeners; a broken policy changes nothing."""
+        async with self._reload_lock:
+            notify("RELOADING=1")
+            try:
+                return await self._reload(why)
+            finally:
+                notify("READY=1")
+
+    async def _reload(self, why: str) -> bool:
+        self._signature = _file_signature(self.options.policy_path)
+        try:
+            policy = load_policy(self.options.policy_path)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                log.error("reload (%s) refused, policy unchanged: %s", why, problem)
+            return False
+        plan = compile_policy(policy)
+        if self.policy is not None and plan.generation == self.policy.generation():
+            log.info("reload (%s): policy generation %s unchanged", why, plan.generation)
+            return True
+        try:
+            if self.reconciler is not None:
+                await self._apply(plan)
+            await self._install(policy, plan)
+        except (KernelError, OSError) as exc:
+            log.error("reload (%s) failed: %s", why, exc)
+            return False
+        log.info("reload (%s): now at policy generation %s", why, plan.generation)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.watch_interval)
+            signature = _file_signature(self.options.policy_path)
+            if signature is not None and signature != self._signature:
+                await self.reload("policy file changed")
+
+    # -- kernel loops ---------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Drift repair every interval; kernel refusal counters for metrics every few checks."""
+        reconciler, backend = self.reconciler, self.backend
+        assert reconciler is not None and backend is not None
+        ticks = 0
+        while True:
+            await asyncio.sleep(self.options.reconcile_interval)
+            try:
+                await asyncio.to_thread(reconciler.check_once)
+                ticks += 1
+                if ticks % 5 == 1:
+                    status = await asyncio.to_thread(backend.status, reconciler.plan)
+                    self.view.kernel_refusals = {ls.name: ls.refused for ls in status.listeners}
+            except KernelError as exc:
+                log.error("reconciler: %s", exc)
+
+    async def _read_nflog(self) -> None:
+        """Turn each logged kernel refusal into the appliance's ``ICID 0 TCPREFUSE`` line."""
+        try:
+            reader = NflogReader(NFLOG_GROUP)
+        except OSError as exc:
+            log.error("verbose connection logging unavailable: %s", exc)
+            return
+        by_id = {listener_id(name): name for name in self.listeners}
+        try:
+            async for packet in reader:
+                name = by_id.get(packet.prefix.removeprefix("netpolicy:"))
+                if name is None:
+                    by_id = {listener_id(n): n for n in self.listeners}
+                    name = by_id.get(packet.prefix.removeprefix("netpolicy:"))
+                hat = self.hats.get(name or "")
+                if hat is None:
+                    continue
+                decision = hat.decide(packet.source)
+                self.maillog.kernel_refusal(decision.sender_group, decision.match)
+        finally:
+            reader.close()
+
+    def _on_offence(self, address: str, decision: Decision, kind: str) -> None:
+        """A REJECT, DHAP or rate-limit hit: promote the host into the kernel past its threshold."""
+        policy = decision.policy
+        promotion = self.offences.record(decision.listener, address, policy.promote_after, policy.promote_for)
+        reconciler = self.reconciler
+        if promotion is None or reconciler is None:
+            return
+
+        async def promote() -> None:
+            try:
+                await asyncio.to_thread(reconciler.promote, promotion.listener, promotion.address, promotion.seconds)
+            except KernelError as exc:
+                log.error("could not promote %s: %s", promotion.address, exc)
+                return
+            self.view.promotions[promotion.listener] = self.view.promotions.get(promotion.listener, 0) + 1
+            log.info("promoted %s on %s into the kernel for %d s after %d offences (last: %s)",
+                     promotion.address, promotion.listener, promotion.seconds, promotion.offences, kind)
+
+        asyncio.ensure_future(promote())
+
+
+def serve(options: ServeOptions) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every peer and disconnect at INFO; the appliance-format mail log says it better.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    return asyncio.run(Daemon(options).run())

@@ -1,0 +1,214 @@
+"""``netpolicy serve`` end to end: the daemon in one namespace, clients in another.
+
+Each test starts the real console script inside the server namespace (``ip netns exec``), so the
+kernel state it writes is that namespace's only, and asserts what a client on the other side of
+the veth link sees: ECONNREFUSED at SYN, a 554 banner, a 220 banner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.netns import NetPair
+
+NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
+PORT = 2525
+BLOCKED, REJECTED, ACCEPTED, LATER = "192.0.2.66", "192.0.2.77", "192.0.2.99", "198.51.100.5"
+
+POLICY = """\
+version: 1
+listeners:
+  - name: IncomingMail
+    address: {address}
+    port: {port}
+    hostname: mx.example.test
+    hat:
+      - {{group: BLACKLIST, policy: BLOCKED}}
+      - {{group: REJECTLIST, policy: REJECTED}}
+      - {{group: ALL, policy: ACCEPTED}}
+    rat:
+      - {{recipient: example.test, action: accept}}
+      - {{recipient: ALL, action: reject}}
+    delivery: {{maildir: {maildir}}}
+sender_groups:
+  BLACKLIST: [{blacklist}]
+  REJECTLIST: [192.0.2.77]
+mail_flow_policies:
+  ACCEPTED: {{behavior: accept}}
+  BLOCKED:  {{behavior: tcprefuse}}
+  REJECTED: {{behavior: reject, promote_after: 3, promote_for: 3}}
+"""
+
+
+@dataclass
+class Served:
+    pair: NetPair
+    policy: Path
+    mail_log: Path
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+    tmp: Path
+
+    def write_policy(self, blacklist: str = BLOCKED, text: str | None = None) -> None:
+        body = text if text is not None else POLICY.format(
+            address=self.pair.server_v4, port=PORT, maildir=self.tmp / "maildir", blacklist=blacklist
+        )
+        tmp = self.policy.with_suffix(".new")
+        tmp.write_text(body)
+        os.replace(tmp, self.policy)
+
+    def start(self) -> None:
+        self.proc = start_serve(self)
+
+    def outcome(self, source: str, timeout: float = 2.0) -> str:
+        """What a client from ``source`` sees: 'refused', or the first reply line's code."""
+        try:
+            sock = self.pair.client.connect((self.pair.server_v4, PORT), source=source, timeout=timeout)
+        except ConnectionRefusedError:
+            return "refused"
+        with sock:
+            data = b""
+            try:
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(512)
+                    if not chunk:
+                        break
+                    data += chunk
+            except ConnectionResetError:
+                return "reset"
+        return data[:3].decode() or "closed"
+
+    def log_text(self) -> str:
+        return self.mail_log.read_text() if self.mail_log.exists() else ""
+
+    def stderr_text(self) -> str:
+        return self.stderr.read_text()
+
+
+def start_serve(s: Served) -> subprocess.Popen[bytes]:
+    err = open(s.stderr, "ab")
+    proc = s.pair.server.popen(
+        [NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log), "--interval", "0.2", "--verbose-connections"],
+        stdout=subprocess.DEVNULL, stderr=err,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited {proc.returncode}: {s.stderr.read_text()}")
+        try:
+            s.pair.client.connect((s.pair.server_v4, PORT), source=s.pair.client_v4, timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"serve did not start listening: {s.stderr.read_text()}")
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.02) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until ``predicate()`` held; fail after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def served(netpair: NetPair, tmp_path: Path) -> Iterator[Served]:
+    for address in (BLOCKED, REJECTED, ACCEPTED, LATER):
+        netpair.add_client_address(address)
+    s = Served(netpair, tmp_path / "policy.yml", tmp_path / "mail.log", None, tmp_path / "serve.err", tmp_path)  # type: ignore[arg-type]
+    s.write_policy()
+    s.start()
+    try:
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.terminate()
+            try:
+                s.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+
+
+def nft(s: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    return s.pair.server.exec(["nft", *args], check=False)
+
+
+def test_each_behaviour_and_the_kernel_refusal_log_line(served: Served) -> None:
+    assert served.outcome(BLOCKED) == "refused"
+    assert served.outcome(REJECTED) == "554"
+    assert served.outcome(ACCEPTED) == "220"
+    wait_for(lambda: f"ICID 0 TCPREFUSE SG BLACKLIST match {BLOCKED}" in served.log_text())
+    assert "REJECT SG REJECTLIST match 192.0.2.77" in served.log_text()
+
+
+def test_flushed_ruleset_is_repaired_within_a_second(served: Served) -> None:
+    assert nft(served, "flush", "ruleset").returncode == 0
+    took = wait_for(lambda: served.outcome(BLOCKED, timeout=0.5) == "refused", timeout=3)
+    assert took < 1.0, f"repair took {took:.2f} s"
+    assert "repair" in served.stderr_text().lower()
+
+
+def test_sighup_reload_reaches_the_kernel_and_broken_policy_changes_nothing(served: Served) -> None:
+    assert served.outcome(LATER) == "220"
+    served.write_policy(blacklist=f"{BLOCKED}, 198.51.100.0/24")
+    served.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: served.outcome(LATER) == "refused", timeout=5)
+    # A broken policy: logged with file:line, nothing changes (the file watcher sees it too).
+    served.write_policy(text=POLICY.replace("BLACKLIST: [{blacklist}]", "BLACKLIST: [10.1.1.300]"))
+    served.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: f"{served.policy}:" in served.stderr_text() and "10.1.1.300" in served.stderr_text())
+    assert served.outcome(LATER) == "refused" and served.outcome(BLOCKED) == "refused"
+    assert served.outcome(ACCEPTED) == "220"
+
+
+def test_kill_9_keeps_refusals_and_restart_converges_without_a_window(served: Served) -> None:
+    served.proc.kill()
+    served.proc.wait()
+    assert served.outcome(BLOCKED) == "refused"  # the kernel still refuses with no daemon at all
+    served.write_policy(blacklist=f"{BLOCKED}, 198.51.100.0/24")
+    probe_results: list[str] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            probe_results.append(served.outcome(BLOCKED, timeout=0.5))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        served.start()
+        wait_for(lambda: served.outcome(LATER) == "refused", timeout=5)
+    finally:
+        stop.set()
+        prober.join()
+    assert probe_results and set(probe_results) == {"refused"}, set(probe_results)
+
+
+def test_repeat_offender_is_promoted_to_the_kernel_then_released(served: Served) -> None:
+    for _ in range(3):
+        assert served.outcome(REJECTED) == "554"
+    wait_for(lambda: served.outcome(REJECTED, timeout=0.5) == "refused", timeout=3)
+    wait_for(lambda: "promoted 192.0.2.77" in served.stderr_text())
+    status = json.loads(served.pair.server.exec([NETPOLICY, "status", "-p", str(served.policy), "--json"]).stdout)
+    assert [p["address"] for p in status["promoted"]] == [REJECTED] and 0 < status["promoted"][0]["expires_in"] <= 3
+    wait_for(lambda: served.outcome(REJECTED, timeout=0.5) == "554", timeout=8)
+
+
+def test_status_shows_the_generation_serve_applied(served: Served) -> None:
+    status = json.loads(served.pair.server.exec([NETPOLICY, "status", "-p", str(served.policy), "--json"]).stdout)
+    gen = served.pair.server.exec([NETPOLICY, "compile", "-p", str(served.policy), "--json"]).stdout
+    assert status["generation"] == json.loads(gen)["generation"]
