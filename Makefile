@@ -12,8 +12,12 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: run test vm-test sysdeps venv clean
 
+# `make run` needs only SYSPKGS; the test targets add VMPKGS (target-specific PKGS below).
+PKGS := $(SYSPKGS)
+test vm-test: PKGS := $(SYSPKGS) $(VMPKGS)
+
 sysdeps:
-	@missing=""; for p in $(SYSPKGS) $(VMPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root, or apt-get install them)"; exit 1; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
@@ -28,9 +32,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The daemon on the example policy: loopback listener, Maildir in var/maildir, mail log on stderr.
+# As root it pushes TCPREFUSE into the kernel (table inet netpolicy only); without
+# CAP_NET_ADMIN it warns and refuses in userland. Ctrl-C stops it; kernel refusals stay until
+# `.venv/bin/netpolicy flush`.
 run: sysdeps venv
 	$(VENV)/bin/netpolicy validate -p $(POLICY)
-	$(VENV)/bin/netpolicy compile -p $(POLICY)
+	$(VENV)/bin/netpolicy serve -p $(POLICY) --verbose-connections
 
 test: sysdeps venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -212,3 +213,115 @@ def test_status_shows_the_generation_serve_applied(served: Served) -> None:
     status = json.loads(served.pair.server.exec([NETPOLICY, "status", "-p", str(served.policy), "--json"]).stdout)
     gen = served.pair.server.exec([NETPOLICY, "compile", "-p", str(served.policy), "--json"]).stdout
     assert status["generation"] == json.loads(gen)["generation"]
+
+
+def _smtp_ehlo(sock) -> bytes:  # type: ignore[no-untyped-def]
+    sock.sendall(b"EHLO client.test\r\n")
+    data = b""
+    while b"250 " not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_listener_added_rebound_and_removed_without_dropping_others(served: Served) -> None:
+    open_conn = served.pair.client.connect((served.pair.server_v4, PORT), source=ACCEPTED)
+    assert open_conn.recv(512).startswith(b"220")
+    base = POLICY.format(address=served.pair.server_v4, port=PORT, maildir=served.tmp / "maildir", blacklist=BLOCKED)
+    second = base.replace("listeners:\n", f"""listeners:
+  - name: Second
+    address: {served.pair.server_v4}
+    port: 2526
+    hostname: mx2.example.test
+    hat:
+      - {{group: ALL, policy: REJECTED}}
+    rat:
+      - {{recipient: ALL, action: reject}}
+    delivery: {{maildir: {served.tmp / "maildir2"}}}
+""", 1)
+    served.write_policy(text=second)
+    served.proc.send_signal(signal.SIGHUP)
+
+    def second_says(code: str, port: int) -> bool:
+        try:
+            with served.pair.client.connect((served.pair.server_v4, port), source=ACCEPTED, timeout=0.5) as s:
+                return s.recv(512).startswith(code.encode())
+        except OSError:
+            return False
+
+    wait_for(lambda: second_says("554", 2526))
+    # Rebind Second to another port: the old port closes, the new one serves.
+    served.write_policy(text=second.replace("port: 2526", "port: 2527"))
+    served.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: second_says("554", 2527))
+    assert served.outcome(ACCEPTED) == "220"
+    with pytest.raises(ConnectionRefusedError):
+        served.pair.client.connect((served.pair.server_v4, 2526), source=ACCEPTED, timeout=0.5)
+    # Remove it again.
+    served.write_policy()
+    served.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: not second_says("554", 2527))
+    # The connection opened before all this still talks to IncomingMail.
+    assert b"250 " in _smtp_ehlo(open_conn)
+    open_conn.close()
+
+
+def test_metrics_endpoint(netpair: NetPair, tmp_path: Path) -> None:
+    netpair.add_client_address(BLOCKED)
+    netpair.add_client_address(REJECTED)
+    s = Served(netpair, tmp_path / "policy.yml", tmp_path / "mail.log", None, tmp_path / "serve.err", tmp_path)  # type: ignore[arg-type]
+    s.write_policy()
+    err = open(s.stderr, "ab")
+    s.proc = netpair.server.popen([NETPOLICY, "serve", "-p", str(s.policy), "--metrics", "127.0.0.1:9108", "--interval", "0.2"],
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_for(lambda: s.outcome(REJECTED) == "554", timeout=20, step=0.2)
+        assert s.outcome(BLOCKED) == "refused"
+        fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9108/metrics').read().decode())"
+
+        def scrape() -> str:
+            return netpair.server.exec([sys.executable, "-c", fetch]).stdout
+
+        wait_for(lambda: 'netpolicy_kernel_refusals_total{listener="IncomingMail"} 1.0' in scrape(), timeout=5, step=0.3)
+        text = scrape()
+        assert 'netpolicy_connections_total{behavior="reject",listener="IncomingMail",sender_group="REJECTLIST"} 1.0' in text
+        assert "netpolicy_apply_seconds_count 1.0" in text and "netpolicy_policy_info{generation=" in text
+    finally:
+        s.proc.terminate()
+        s.proc.wait(timeout=15)
+
+
+def test_runs_unprivileged_with_only_the_units_two_capabilities(netpair: NetPair, tmp_path: Path) -> None:
+    """What packaging/netpolicy.service grants: uid nobody, CAP_NET_ADMIN + CAP_NET_BIND_SERVICE."""
+    netpair.add_client_address(BLOCKED)
+    work = Path(tempfile.mkdtemp(prefix="npunpriv"))
+    work.chmod(0o777)
+    s = Served(netpair, work / "policy.yml", work / "mail.log", None, tmp_path / "serve.err", work)  # type: ignore[arg-type]
+    s.write_policy()
+    s.policy.chmod(0o644)
+    caps = "+net_admin,+net_bind_service"
+    err = open(s.stderr, "ab")
+    s.proc = netpair.server.popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps=-all,{caps}", f"--ambient-caps=-all,{caps}",
+         f"--bounding-set=-all,{caps}", NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log)],
+        stdout=subprocess.DEVNULL, stderr=err, cwd=work,
+    )
+    try:
+        wait_for(lambda: s.outcome(netpair.client_v4) == "220", timeout=20, step=0.2)
+        assert s.outcome(BLOCKED) == "refused"
+        assert "no CAP_NET_ADMIN" not in s.stderr_text()
+        assert "New SMTP ICID" in s.log_text()
+    finally:
+        s.proc.terminate()
+        s.proc.wait(timeout=15)
+
+
+def test_broken_policy_at_start_exits_1_before_touching_the_kernel(netpair: NetPair, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yml"
+    policy.write_text(POLICY.format(address=netpair.server_v4, port=PORT, maildir=tmp_path, blacklist="10.1.1.300"))
+    proc = netpair.server.exec([NETPOLICY, "serve", "-p", str(policy)], check=False)
+    assert proc.returncode == 1
+    assert f"{policy}:" in proc.stderr and "'10.1.1.300' is not an IPv4 address" in proc.stderr
+    assert netpair.server.exec(["nft", "list", "ruleset"]).stdout.strip() == ""
