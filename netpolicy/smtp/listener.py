@@ -125,13 +125,17 @@ class Services:
             log.exception("on_offence hook failed for %s (%s)", address, kind)
 
 
-def build_generation(listener: Listener, hat: HatIndex) -> Generation:
+def build_generation(listener: Listener, hat: HatIndex, previous: Generation | None = None) -> Generation:
+    """A generation for ``listener``; the sink of ``previous`` is kept when delivery is unchanged
+    (a Maildir sink owns a pool of writer threads: a reload should not start another)."""
     tls_context: ssl.SSLContext | None = None
     if listener.tls_cert is not None and listener.tls_key is not None:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(listener.tls_cert, listener.tls_key)
     rat = Rat.from_rows(listener.rat) if listener.type == "public" else Rat.open()
-    return Generation(listener, hat, rat, make_sink(listener.delivery, listener.hostname), tls_context)
+    same_sink = previous is not None and (previous.listener.delivery, previous.listener.hostname) == (listener.delivery, listener.hostname)
+    sink = previous.sink if same_sink and previous is not None else make_sink(listener.delivery, listener.hostname)
+    return Generation(listener, hat, rat, sink, tls_context)
 
 
 class SmtpListener:
@@ -191,7 +195,7 @@ class SmtpListener:
         old = self._generation.listener
         if (listener.name, listener.address, listener.port) != (old.name, old.address, old.port):
             raise ValueError("name, address and port cannot change on reload; start a new listener")
-        self._generation = build_generation(listener, hat)
+        self._generation = build_generation(listener, hat, self._generation)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, give open sessions ``grace`` seconds, then end them with 421."""

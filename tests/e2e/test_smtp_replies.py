@@ -200,7 +200,9 @@ async def test_reload_keeps_open_sessions_on_their_generation(smtp_pair: NetPair
         data = policy_dict(smtp_pair.server_v4, e.maildir)
         data["mail_flow_policies"]["ACCEPTED"] = {"behavior": "reject", "reject_banner_text": "closed for $RemoteIP"}
         policy, hat = build(data)
+        sink = e.listener._generation.sink
         e.listener.swap_hat(hat, policy.listener("Inbound"))
+        assert e.listener._generation.sink is sink  # same delivery: the writer pool is kept
         after = await e.client(PLAIN, banner=None)
         assert str(await after.answer()) == f"554 closed for {PLAIN}"
         await before.envelope("a@sender.test", "b@example.test")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from netpolicy.smtp import SessionLimits
+from netpolicy.smtp.delivery import MaildirSink
 from tests.e2e.smtp_support import PLAIN, env, smtp_pair
 from tests.netns import NetPair
 
@@ -117,3 +118,17 @@ async def test_memory_stays_bounded_for_an_endless_line(smtp_pair: NetPair, tmp_
         assert (await client.answer()).code == 500
         assert largest <= 2 * 1001 + 256 * 1024  # twice the line limit plus one socket read
         assert (await client.cmd("NOOP")).code == 250
+
+
+async def test_internal_error_answers_421_never_250(smtp_pair: NetPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: MaildirSink, data: bytes) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(MaildirSink, "write", broken)
+    async with env(smtp_pair, tmp_path) as e:
+        client = await e.client(PLAIN)
+        await client.envelope("a@sender.test", "b@example.test")
+        answer = await client.message()
+        assert answer.code == 421 and answer.lines[0].startswith("4.3.0 ")
+        assert await client.at_eof()
+        assert e.stored() == []

@@ -55,22 +55,49 @@ async def test_size_limit_drops_the_message_but_reads_to_the_end() -> None:
     assert await read_command(r) == b"NOOP"
 
 
-async def test_over_long_line_is_dropped_as_it_arrives() -> None:
+async def test_over_long_line_is_refused() -> None:
     r = reader(b"ok\r\n" + b"z" * 5000 + b"\r\nafter\r\n.\r\nNOOP\r\n", limit=100)
     data = await read_message(r, 10_000)
     assert (data.content, data.problem) == (None, "line")
     assert await read_command(r) == b"NOOP"
 
 
-async def test_over_long_line_split_between_cr_and_lf_is_not_a_bare_cr() -> None:
-    # The reader's limit falls right after the CR: the LF arrives as the next read.
-    r = reader(b"z" * 100 + b"\r" + b"\n.\r\n", limit=100)
-    data = await read_message(r, 10_000)
+@pytest.mark.parametrize("length", [98, 99, 100])
+async def test_line_limit_counts_crlf(length: int) -> None:
+    data = await read_message(reader(b"z" * length + b"\r\n.\r\n"), 10_000, line_limit=100)
+    assert data.problem == (None if length <= 98 else "line")
+
+
+async def test_pieces_split_between_cr_and_lf_are_not_a_bare_cr() -> None:
+    # A small reader limit makes the reader hand over pieces that end inside CRLF pairs.
+    body = b"".join(b"line %d with a dot.\r\n" % n for n in range(200))
+    for limit in (7, 13, 64):
+        data = await read_message(reader(body + b".\r\n", limit=limit), 100_000)
+        assert data.content == body, limit
+
+
+async def test_lines_ending_in_a_dot_do_not_end_the_message() -> None:
+    r = reader(b"Regards.\r\n.\r\n\r\n.\r\nx.\r\n..\r\n.\r\nNOOP\r\n")
+    first = await read_message(r, 10_000)
+    assert first.content == b"Regards.\r\n"
+    second = await read_message(r, 10_000)
+    assert second.content == b"\r\n"
+    third = await read_message(r, 10_000)
+    assert third.content == b"x.\r\n.\r\n"
+    assert await read_command(r) == b"NOOP"
+
+
+async def test_empty_message() -> None:
+    data = await read_message(reader(b".\r\n"), 10)
+    assert (data.content, data.size, data.problem) == (b"", 0, None)
+
+
+async def test_size_counts_unstuffed_bytes() -> None:
+    data = await read_message(reader(b"..\r\n" * 5 + b".\r\n"), 15)  # 5 lines of ".\r\n"
+    assert (data.content, data.size) == (b".\r\n" * 5, 15)
+    assert (await read_message(reader(b"..\r\n" * 6 + b".\r\n"), 15)).problem == "size"
+
+
+async def test_a_long_line_split_across_pieces_is_caught() -> None:
+    data = await read_message(reader(b"z" * 5000 + b"\r\n.\r\n", limit=64), 100_000, line_limit=1001)
     assert data.problem == "line"
-
-
-async def test_a_dot_inside_a_long_line_does_not_end_the_message() -> None:
-    r = reader(b"z" * 150 + b".\r\nstill data\r\n.\r\n", limit=100)
-    data = await read_message(r, 10_000)
-    assert data.problem == "line" and data.size > 150
-    assert r.at_eof()

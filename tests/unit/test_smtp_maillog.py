@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -79,3 +80,13 @@ def test_ids_interleave_across_workers() -> None:
     a, b = MailLog(stream=io.StringIO(), first_id=1, id_step=2), MailLog(stream=io.StringIO(), first_id=2, id_step=2)
     ids = [a.next_id(), b.next_id(), a.next_id(), b.next_id()]
     assert ids == [1, 2, 3, 4]
+
+
+async def test_lines_from_the_event_loop_are_written_together() -> None:
+    out = io.StringIO()
+    log = MailLog(stream=out)
+    log.close_connection(1)
+    log.close_connection(2)
+    assert out.getvalue() == ""  # pending until the loop turns
+    await asyncio.sleep(0)
+    assert out.getvalue() == "ICID 1 close\nICID 2 close\n"
