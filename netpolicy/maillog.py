@@ -127,7 +127,12 @@ class MailLog:
         self.line(f"ICID 0 TCPREFUSE SG {sender_group} match {match}")
 
     def refused_connection(self, icid: int, reason: str) -> None:
+        """A connection answered 421 instead of a banner (max_concurrency)."""
         self.line(f"ICID {icid} Connection refused: {reason}")
+
+    def session_limit(self, icid: int, reason: str) -> None:
+        """A session ended by a limit (max_msgs_per_session)."""
+        self.line(f"ICID {icid} Session closed: {reason}")
 
     def tls(self, icid: int, protocol: str | None, cipher: str | None) -> None:
         self.line(f"ICID {icid} TLS success protocol {protocol} cipher {cipher}")

@@ -6,10 +6,11 @@ of a second, forged message. Accepting only CRLF-terminated lines with no other 
 anywhere leaves exactly one reading of any stream, so a bare CR or LF is refused outright
 (``BareNewline``), in commands and in message text alike.
 
-Memory per connection stays bounded: the StreamReader never buffers more than about twice its
-line limit (asyncio pauses the socket), an over-long line is discarded as it arrives, and the
-message is kept only while it is within the size limit; past it the rest is read and dropped
-so the conversation stays in step, and the reply after DATA says why.
+Memory per connection stays bounded: the StreamReader's limit is the line limit, so asyncio
+pauses the socket once about twice that is buffered (plus at most one socket read); an
+over-long command line is discarded as it arrives; a message is kept only while it is within
+its size limit and free of over-long lines. Past that the rest is read and dropped, so the
+conversation stays in step, and the reply after DATA says why.
 """
 
 from __future__ import annotations

@@ -396,7 +396,7 @@ class PolicySMTP(SMTP):
         policy = self.decision.policy
         limit = policy.max_msgs_per_session
         if limit is not None and self._messages >= limit:
-            self.services.maillog.refused_connection(self.icid, f"max_msgs_per_session {limit} reached")
+            self.services.maillog.session_limit(self.icid, f"max_msgs_per_session {limit} reached")
             await self.push(f"421 4.7.0 {self.hostname} Too many messages in this session (limit {limit})")
             self._close()
             return
@@ -432,7 +432,8 @@ class PolicySMTP(SMTP):
                 self.txn = await self.gen.sink.open(sender, size, body == "8BITMIME")
             except HandOffError as exc:
                 maillog.delivery_failed(mid, str(exc.reply))
-                self.services.stats.messages_temp_failed += exc.reply.code < 500
+                if exc.reply.code < 500:
+                    self.services.stats.messages_temp_failed += 1
                 await self._reply(exc.reply)
                 return
         self._messages += 1

@@ -83,6 +83,7 @@ async def test_max_concurrency(smtp_pair: NetPair, tmp_path: Path) -> None:
         answer = await third.answer()
         assert answer.code == 421 and answer.lines[0].startswith("4.7.0 ")
         assert await third.at_eof()
+        assert e.log_lines("Connection refused: max_concurrency 2 reached$")
         other = await e.client(PLAIN)  # the limit is per client address
         assert (await other.cmd("QUIT")).code == 221
         assert (await first.cmd("QUIT")).code == 221
@@ -105,6 +106,7 @@ async def test_max_msgs_per_session(smtp_pair: NetPair, tmp_path: Path) -> None:
         assert answer.code == 421 and answer.lines[0].startswith("4.7.0 ")
         assert await client.at_eof()
         assert len(e.stored()) == 3
+        assert e.log_lines("Session closed: max_msgs_per_session 3 reached$")
 
 
 async def test_max_rcpts_per_msg(smtp_pair: NetPair, tmp_path: Path) -> None:
