@@ -102,13 +102,6 @@ class SetDelta:
         }
 
 
-def set_delta(listener: str, family: int, desired: frozenset[Interval], actual: frozenset[Interval]) -> SetDelta | None:
-    add, remove = desired - actual, actual - desired
-    if not add and not remove:
-        return None
-    return SetDelta(listener, family, add, remove)
-
-
 @dataclass(frozen=True)
 class Problem:
     """A structural difference: something missing, changed by someone else, or left over.

@@ -1,0 +1,175 @@
+"""The reconciler's logic against an in-memory kernel: applies, cheap checks, counted and
+logged repairs, plan reloads, promotions restored after drift and renewed before they lapse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from netpolicy.kernel.base import Backend
+from netpolicy.kernel.layout import listener_id
+from netpolicy.kernel.model import KernelDiff, KernelError, KernelStatus, Problem, Promotion
+from netpolicy.plan import KernelPlan, ListenerPlan
+from netpolicy.reconciler import Reconciler
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MemoryKernel(Backend):
+    """A kernel that holds one plan and some timed promotions, and can be broken on purpose."""
+
+    name = "memory"
+    max_promote_seconds = 1000
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.installed: KernelPlan | None = None
+        self.timed: dict[tuple[str, str], float] = {}
+        self.calls: list[str] = []
+        self.fail_with: str | None = None
+
+    def _compare(self, plan: KernelPlan) -> KernelDiff:
+        if self.fail_with:
+            raise KernelError(self.fail_with)
+        if self.installed is None:
+            return KernelDiff(self.name, plan.generation, None, (Problem("missing-table", "memory"),))
+        if self.installed != plan:
+            return KernelDiff(self.name, plan.generation, self.installed.generation, (Problem("generation", "memory"),))
+        return KernelDiff(self.name, plan.generation, plan.generation)
+
+    def diff(self, plan: KernelPlan) -> KernelDiff:
+        self.calls.append("diff")
+        return self._compare(plan)
+
+    def quick_diff(self, plan: KernelPlan) -> KernelDiff:
+        self.calls.append("quick_diff")
+        return self._compare(plan)
+
+    def apply(self, plan: KernelPlan) -> KernelDiff:
+        self.calls.append("apply")
+        result = self._compare(plan)
+        self.installed = plan
+        return result
+
+    def flush(self) -> bool:
+        found = self.installed is not None
+        self.installed = None
+        self.timed.clear()
+        return found
+
+    def status(self, plan: KernelPlan | None = None) -> KernelStatus:
+        return KernelStatus(self.name, self.installed.generation if self.installed else None)
+
+    def promote(self, listener: str, address: str, seconds: float) -> None:
+        assert seconds <= self.max_promote_seconds
+        self.timed[(listener_id(listener), address)] = self.clock() + seconds
+
+    def promoted(self) -> list[Promotion]:
+        now = self.clock()
+        return [Promotion(lid, addr, until - now) for (lid, addr), until in self.timed.items() if until > now]
+
+
+def plan(generation: str = "g1") -> KernelPlan:
+    return KernelPlan(generation, (ListenerPlan("In-Mail", "0.0.0.0", 25, True, ("192.0.2.0/24",)),))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def kernel(clock: Clock) -> MemoryKernel:
+    return MemoryKernel(clock)
+
+
+def test_first_check_applies_then_checks_are_cheap(kernel: MemoryKernel) -> None:
+    rec = Reconciler(kernel, plan())
+    assert rec.check_once().applied
+    kernel.calls.clear()
+    result = rec.check_once()
+    assert not result.applied and not result.repaired
+    assert kernel.calls == ["quick_diff"] and rec.repairs == 0 and rec.checks == 2
+
+
+def test_drift_is_repaired_counted_and_logged(kernel: MemoryKernel, caplog: pytest.LogCaptureFixture) -> None:
+    rec = Reconciler(kernel, plan())
+    rec.check_once()
+    kernel.flush()
+    caplog.set_level(logging.WARNING, logger="netpolicy.reconciler")
+    result = rec.check_once()
+    assert result.repaired and rec.repairs == 1 and kernel.installed == plan()
+    (record,) = [r for r in caplog.records if r.name == "netpolicy.reconciler"]
+    assert "drift repaired (repair 1" in record.getMessage() and "! missing table: memory" in record.getMessage()
+    assert not rec.check_once().repaired and rec.repairs == 1
+
+
+def test_a_new_plan_is_applied_not_counted_as_a_repair(kernel: MemoryKernel) -> None:
+    rec = Reconciler(kernel, plan())
+    rec.check_once()
+    rec.set_plan(plan("g2"))
+    assert rec.plan.generation == "g2"
+    result = rec.check_once()
+    assert result.applied and result.diff is not None and not result.diff.in_sync
+    assert kernel.installed == plan("g2") and rec.repairs == 0
+
+
+def test_promotions_survive_a_flushed_kernel_with_the_time_they_have_left(kernel: MemoryKernel, clock: Clock) -> None:
+    rec = Reconciler(kernel, plan(), clock=clock)
+    rec.check_once()
+    rec.promote("In-Mail", "192.0.2.9", 300)
+    rec.promote("In-Mail", "2001:db8::0009", 30)
+    clock.now += 100
+    kernel.flush()
+    assert rec.check_once().repaired
+    left = {p.address: p.expires_in for p in kernel.promoted()}
+    assert left == {"192.0.2.9": pytest.approx(200)}  # the 30-second one has lapsed: not put back
+
+
+def test_promotions_longer_than_the_kernel_can_hold_are_renewed(kernel: MemoryKernel, clock: Clock) -> None:
+    rec = Reconciler(kernel, plan(), clock=clock)
+    rec.check_once()
+    rec.promote("In-Mail", "192.0.2.9", 2500)
+    assert kernel.promoted()[0].expires_in == 1000
+    clock.now += 900  # 100 s left in the kernel: not yet due
+    rec.check_once()
+    assert kernel.promoted()[0].expires_in == pytest.approx(100)
+    clock.now += 50  # 50 s left, 1550 wanted: renewed as far as the kernel allows
+    rec.check_once()
+    assert kernel.promoted()[0].expires_in == 1000
+    clock.now += 1600  # past the wanted 2500 s: forgotten, the kernel lets it lapse
+    rec.check_once()
+    assert kernel.promoted() == []
+
+
+def test_run_logs_errors_once_and_keeps_going(kernel: MemoryKernel, caplog: pytest.LogCaptureFixture) -> None:
+    rec = Reconciler(kernel, plan())
+    caplog.set_level(logging.ERROR, logger="netpolicy.reconciler")
+
+    async def scenario() -> None:
+        kernel.fail_with = "netlink went away"
+        task = asyncio.create_task(rec.run(interval=0.01))
+        while rec.last_error is None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        kernel.fail_with = None
+        while kernel.installed is None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.03)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.name == "netpolicy.reconciler"]
+    assert errors == ["reconciler: netlink went away"]
+    assert rec.last_error is None and kernel.installed == plan()
