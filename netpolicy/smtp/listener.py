@@ -125,6 +125,26 @@ class Services:
             log.exception("on_offence hook failed for %s (%s)", address, kind)
 
 
+def listening_socket(address: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """The listener's socket. ``::`` serves IPv4 too (asyncio would make it IPv6-only), so
+    ``address: "::"`` means every address of the host, as it does for the kernel rules."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address == "::" else 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def build_generation(listener: Listener, hat: HatIndex, previous: Generation | None = None) -> Generation:
     """A generation for ``listener``; the sink of ``previous`` is kept when delivery is unchanged
     (a Maildir sink owns a pool of writer threads: a reload should not start another)."""
@@ -173,15 +193,9 @@ class SmtpListener:
 
         ``reuse_port`` lets several worker processes share the port (SO_REUSEPORT).
         """
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._server = await loop.create_server(self._session, sock=sock, backlog=backlog)
-        else:
-            listener = self.listener
-            self._server = await loop.create_server(
-                self._session, host=listener.address, port=listener.port,
-                reuse_address=True, reuse_port=reuse_port, backlog=backlog,
-            )
+        if sock is None:
+            sock = listening_socket(self.listener.address, self.listener.port, reuse_port=reuse_port, backlog=backlog)
+        self._server = await asyncio.get_running_loop().create_server(self._session, sock=sock, backlog=backlog)
 
     @property
     def bound(self) -> list[tuple[str, int]]:

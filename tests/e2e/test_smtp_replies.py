@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from netpolicy.maillog import MailLog
+from netpolicy.smtp import SmtpListener
+from netpolicy.smtp.listener import listening_socket
 from tests.e2e.smtp_support import (
-    HARVESTER, LISTED, PLAIN, RELAY, REJECTED, SPAMMY, THROTTLED, TRUSTED, build, env, policy_dict, smtp_pair,
+    HARVESTER, LISTED, PLAIN, RELAY, REJECTED, SPAMMY, THROTTLED, TRUSTED, FakeResolver, RawClient, build, env,
+    policy_dict, smtp_pair,
 )
 from tests.netns import NetPair
 
@@ -222,3 +226,22 @@ async def test_swaks_from_a_group_address(smtp_pair: NetPair, tmp_path: Path) ->
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "250 2.0.0 Ok: stored as" in proc.stdout
         assert len(e.stored()) == 1
+
+
+async def test_dual_stack_listener(smtp_pair: NetPair, tmp_path: Path) -> None:
+    """``address: "::"`` serves IPv4 and IPv6 clients, and IPv4 ones keep their IPv4 groups."""
+    e = env(smtp_pair, tmp_path)
+    e.data["listeners"][0]["address"] = "::"
+    sock = smtp_pair.server.call(lambda: listening_socket("::", 2526))
+    policy, hat = build(e.data)
+    listener = SmtpListener(policy.listener("Inbound"), hat, FakeResolver(), MailLog(stream=e.log))
+    await listener.start(sock=sock)
+    try:
+        for dest, source in (((smtp_pair.server_v4, 2526), REJECTED), ((smtp_pair.server_v6, 2526), None)):
+            client = await RawClient.open(smtp_pair.client, dest, source)
+            assert (await client.answer()).code == (554 if source else 220)
+            await client.close()
+    finally:
+        await listener.stop(grace=0.1)
+    assert e.log_lines(f"REJECT SG REJECTLIST match {REJECTED}$")
+    assert e.log_lines(f"address {smtp_pair.client_v6} reverse dns")
