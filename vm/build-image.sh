@@ -27,6 +27,13 @@ for tool in mmdebstrap mkfs.ext4 qemu-img ssh-keygen; do
 done
 
 mkdir -p "$cache"
+# One build at a time (two test runs on one machine share the cache).
+exec 9>"$cache/.lock"
+flock 9
+if [ -f "$out/.done" ]; then
+    echo "$out"
+    exit 0
+fi
 work="$(mktemp -d "$cache/build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 root="$work/root"

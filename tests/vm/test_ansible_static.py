@@ -46,9 +46,9 @@ def test_ansible_lint_production_profile() -> None:
     assert "Profile 'production' was required, and it passed" in out, out
 
 
-def test_vagrantfile_validates() -> None:
+def test_vagrantfile_validates(tmp_path: Path) -> None:
     if shutil.which("vagrant"):
-        env = dict(os.environ, VAGRANT_DEFAULT_PROVIDER="libvirt", VAGRANT_CHECKPOINT_DISABLE="1")
+        env = dict(os.environ, VAGRANT_DEFAULT_PROVIDER="libvirt", VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DOTFILE_PATH=str(tmp_path / "vagrant"))
         has_libvirt = "vagrant-libvirt" in subprocess.run(["vagrant", "plugin", "list"], cwd=ROOT, env=env, capture_output=True, text=True).stdout
         # Without a provider plugin installed, vagrant cannot check that provider's block.
         args = ["vagrant", "validate"] + ([] if has_libvirt else ["--ignore-provider"])

@@ -201,7 +201,10 @@ def test_broken_policy_never_reaches_the_host(lab: Lab) -> None:
     path = lab.vm.work / "broken.yml"
     path.write_text(yaml.safe_dump(broken))
     extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
-    run = lab.vm.playbook(lab.inventory, "-e", f"@{path}", *extra, name="broken")
+    # Straight to the policy task: the steps before it were shown by the first two runs, and each
+    # task costs seconds under TCG.
+    start = ["--start-at-task", "netpolicy : Write the policy (validated before it replaces the old one)"]
+    run = lab.vm.playbook(lab.inventory, *start, "-e", f"@{path}", *extra, name="broken")
     assert run.returncode != 0
     assert run.mx.failed == 1
     assert "failed validation" in run.output, run.output[-3000:]
@@ -251,8 +254,6 @@ def test_policy_change_reloads_serve(lab: Lab) -> None:
             break
         assert time.monotonic() < deadline, f"{ACCEPTED_SENDER} still reaches the listener after the reload"
         time.sleep(1)
-    again = lab.vm.playbook(lab.inventory, "-e", f"@{changed}", name="run4-again")
-    assert again.returncode == 0 and again.mx.changed == 0, again.output[-4000:]
 
 
 def test_report_recaps_and_timings(lab: Lab) -> None:
@@ -262,6 +263,7 @@ def test_report_recaps_and_timings(lab: Lab) -> None:
         "timings_s": {k: round(v, 1) for k, v in lab.timings.items()},
         "run1": lab.first.mx.line,
         "run2": lab.second.mx.line,
+        "run1_localhost": lab.first.recaps.get("localhost").line if "localhost" in lab.first.recaps else None,
         "serve": HAS_SERVE,
         "diff": HAS_DIFF,
     }

@@ -110,7 +110,7 @@ class PlaybookRun:
 
     @property
     def mx(self) -> Recap:
-        return self.recaps["mx"]
+        return self.recaps["mx1"]
 
 
 @dataclass
@@ -149,7 +149,8 @@ class Vm:
             check=True,
         )
         self.console.unlink(missing_ok=True)
-        cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        tcg_cpu = os.environ.get("NETPOLICY_VM_CPU", "max")
+        cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", tcg_cpu]
         args = [
             "qemu-system-x86_64", "-name", "netpolicy-mx", *cpu, "-smp", "2", "-m", "1536",
             "-kernel", str(self.image / "vmlinuz"), "-initrd", str(self.image / "initrd.img"),
@@ -167,7 +168,7 @@ class Vm:
         return False
 
     def boot(self, accel: str = "auto", timeout: float = 300) -> None:
-        """Boot and wait for SSH. auto: KVM if its kernel starts within 20 s, else TCG."""
+        """Boot and wait for SSH. auto: KVM if its kernel starts within 10 s, else TCG."""
         started = time.monotonic()
         tries = ["kvm", "tcg"] if accel == "auto" else [accel]
         if "kvm" in tries and not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -175,11 +176,11 @@ class Vm:
         for choice in tries:
             self.proc = self._qemu(choice)
             if choice == "kvm" and len(tries) > 1:
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and self.proc.poll() is None and not self._console_has("Linux version"):
                     time.sleep(0.5)
                 if not self._console_has("Linux version"):
-                    log("KVM: the guest kernel did not start within 20 s (a known hang here); falling back to TCG")
+                    log("KVM: the guest kernel did not start within 10 s (a known hang here); falling back to TCG")
                     self._kill()
                     continue
             self.accel = choice
@@ -236,7 +237,7 @@ class Vm:
         inv = self.work / "inventory"
         (inv / "group_vars").mkdir(parents=True, exist_ok=True)
         (inv / "hosts.yml").write_text(
-            "all:\n  children:\n    mx:\n      hosts:\n        mx:\n"
+            "all:\n  children:\n    mx:\n      hosts:\n        mx1:\n"
             f"          ansible_host: {VM_ADDRESS}\n"
             "          ansible_user: deploy\n"
             f"          ansible_ssh_private_key_file: {self.key}\n"
@@ -260,18 +261,21 @@ class Vm:
             ANSIBLE_LOCAL_TEMP=str(self.work / "ansible-local"),
             ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.work / "cp"),
             PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+            ANSIBLE_CALLBACK_PLUGINS=str(Path(__file__).parent / "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="task_timer",
         )
         args = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE_DIR / "site.yml"), *extra]
         log(f"ansible-playbook ({name}) {' '.join(extra)}")
         started = time.monotonic()
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.ns.name, *args],
-            capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ANSIBLE_DIR),
-        )
-        seconds = time.monotonic() - started
-        output = proc.stdout + proc.stderr
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / f"{name}.log").write_text(output)
+        logfile = ARTIFACTS / f"{name}.log"  # written as it runs: tail -f it to follow a slow TCG run
+        with open(logfile, "w") as out:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.ns.name, *args],
+                stdout=out, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env, cwd=str(ANSIBLE_DIR),
+            )
+        seconds = time.monotonic() - started
+        output = logfile.read_text()
         recaps = {
             m["host"]: Recap(int(m["ok"]), int(m["changed"]), int(m["unreachable"]), int(m["failed"]), int(m["skipped"]), m.group(0))
             for m in RECAP.finditer(output)
