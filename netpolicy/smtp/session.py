@@ -30,7 +30,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from netpolicy.hat import Decision, Resolver
 from netpolicy.policy.effective import expand_text
@@ -321,6 +321,7 @@ class PolicySMTP(SMTP):
 
     # --- greeting and TLS --------------------------------------------------------------------
 
+    @syntax("HELO hostname")
     async def smtp_HELO(self, arg: str | None) -> None:
         if not arg:
             await self.push("501 5.5.4 Syntax: HELO hostname")
@@ -331,6 +332,7 @@ class PolicySMTP(SMTP):
         self.session.extended_smtp = False
         await self.push(f"250 {self.hostname}")
 
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, arg: str | None) -> None:
         if not arg:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
@@ -344,6 +346,7 @@ class PolicySMTP(SMTP):
             lines.append("STARTTLS")
         await self.push("\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}" for i, t in enumerate(lines)))
 
+    @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         if arg:
             await self.push("501 5.5.4 Syntax: STARTTLS")
@@ -370,6 +373,7 @@ class PolicySMTP(SMTP):
         if txn is not None:
             await txn.close()
 
+    @syntax("RSET")
     async def smtp_RSET(self, arg: str | None) -> None:
         if arg:
             await self.push("501 5.5.4 Syntax: RSET")
@@ -377,6 +381,7 @@ class PolicySMTP(SMTP):
         await self._end_transaction()
         await self.push("250 2.0.0 Ok")
 
+    @syntax("QUIT")
     async def smtp_QUIT(self, arg: str | None) -> None:
         if arg:
             await self.push("501 5.5.4 Syntax: QUIT")
@@ -384,6 +389,7 @@ class PolicySMTP(SMTP):
         await self.push("221 2.0.0 Bye")
         self._close()
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         problem = self._need_helo()
         if problem:
@@ -468,6 +474,7 @@ class PolicySMTP(SMTP):
             return syntax
         return address, params
 
+    @syntax("RCPT TO: <address>")
     async def smtp_RCPT(self, arg: str | None) -> None:
         problem = self._need_helo()
         if problem:
@@ -534,6 +541,7 @@ class PolicySMTP(SMTP):
     def _dhap(self, code: int, text: str) -> tuple[str, Reply]:
         return "DHAP", Reply(code, f"{_status(code, '7.1')} {self._expand(text)}")
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         problem = self._need_helo()
         if problem:
@@ -554,7 +562,7 @@ class PolicySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._reset_timeout(self.services.limits.data_deadline)  # hard deadline: not reset per line
-        data = await read_message(self._reader, self._size_limit)
+        data = await read_message(self._reader, self._size_limit, self.services.limits.line_length)
         assert self._timeout_handle is not None
         self._timeout_handle.cancel()  # delivery is bounded by its own timeouts
         try:

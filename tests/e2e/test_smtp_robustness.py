@@ -69,6 +69,15 @@ async def test_long_message_line_is_refused(smtp_pair: NetPair, tmp_path: Path) 
         assert (await client.message()).code == 250
 
 
+async def test_help_lists_what_is_offered(smtp_pair: NetPair, tmp_path: Path) -> None:
+    async with env(smtp_pair, tmp_path) as e:
+        client = await e.client(PLAIN)
+        answer = await client.cmd("HELP")
+        assert answer.code == 250
+        assert answer.text.split(": ", 1)[1].split() == sorted(["DATA", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RSET", "VRFY"])
+        assert str(await client.cmd("HELP MAIL")) == "250 Syntax: MAIL FROM: <address>"
+
+
 async def test_too_many_unknown_commands(smtp_pair: NetPair, tmp_path: Path) -> None:
     async with env(smtp_pair, tmp_path) as e:
         client = await e.client(PLAIN)
