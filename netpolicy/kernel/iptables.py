@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import ipaddress
 import os
 import subprocess
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator, Set
@@ -102,7 +105,24 @@ def xtables_lock(timeout: float = 10.0) -> Iterator[None]:
             os.close(fd)
 
 
+def _point_at_libraries() -> None:
+    """Tell python-iptables where its libraries are: otherwise each import probes for them
+    with ldconfig and compilers in subprocesses (over a second on a busy machine)."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    libdirs = [d for d in (f"/usr/lib/{multiarch}", "/usr/lib64", "/usr/lib") if os.path.isdir(d)]
+    spec = importlib.util.find_spec("iptc")
+    if spec and spec.origin:  # libxtwrapper sits next to the package
+        libdirs.append(os.path.dirname(os.path.dirname(spec.origin)))
+    os.environ.setdefault("IPTABLES_LIBDIR", ":".join(libdirs))
+    for libdir in libdirs:
+        if os.path.isdir(os.path.join(libdir, "xtables")):
+            os.environ.setdefault("XTABLES_LIBDIR", os.path.join(libdir, "xtables"))
+            break
+
+
 def _iptc() -> Any:
+    if "iptc" not in sys.modules:
+        _point_at_libraries()
     try:
         import iptc  # noqa: PLC0415 - loads libxtables; only this backend needs it
     except Exception as exc:  # the library raises assorted errors when libiptc is missing

@@ -641,22 +641,26 @@ class NftablesBackend(Backend):
     @_netlink_errors
     def status(self, plan: KernelPlan | None = None) -> KernelStatus:
         with nfnl.NfnlSocket() as sock:
+            genid = sock.genid()
             table = m.read_table(sock, TABLE)
+            known = self._known_here()
             sizes: dict[str, dict[str, int]] = {}
-            if table is not None:
-                for name, info in table.sets.items():
-                    parsed = _parse_set_name(name)
-                    if parsed is None:
-                        continue
-                    kind, family, lid = parsed
-                    if kind == "networks" or info.count is None:
-                        count = len(self._read_set(sock, name, kind, family))
-                    else:
-                        count = info.count
-                    label = role_label("promoted" if kind == "promoted" else "refuse", family)
-                    per = sizes.setdefault(lid, {})
-                    per[label] = per.get(label, 0) + count
-        state = NftState(0, table)
+            for name, info in table.sets.items() if table is not None else ():
+                parsed = _parse_set_name(name)
+                if parsed is None:
+                    continue
+                kind, family, lid = parsed
+                mine = known.sets.get(name) if known is not None else None
+                if kind != "networks" and info.count is not None:
+                    count = info.count  # a hash set's count is its number of elements
+                elif known and mine and mine.intervals is not None and (known.genid == genid or known.counts.get(name) == info.count):
+                    count = len(mine.intervals)
+                else:
+                    count = len(self._read_set(sock, name, kind, family))
+                label = role_label("promoted" if kind == "promoted" else "refuse", family)
+                per = sizes.setdefault(lid, {})
+                per[label] = per.get(label, 0) + count
+        state = NftState(genid, table)
         by_lid: dict[str, ListenerLayout] = {ll.lid: ll for ll in layout(plan)} if plan else {}
         lids = set(by_lid) | set(sizes)
         if table is not None:
