@@ -48,6 +48,7 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SOL_NETLINK = 270
 
+TIMEOUT = 120.0  # seconds without an answer before a request counts as lost
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 
@@ -185,6 +186,7 @@ class NfnlSocket:
     def __init__(self, bufsize: int = 4 << 20) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
+            self.sock.settimeout(TIMEOUT)
             self.sock.bind((0, 0))
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)

@@ -239,6 +239,8 @@ def _netlink_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise KernelError(f"nftables: {exc}") from exc
         except PermissionError as exc:
             raise MissingCapability(str(exc)) from exc
+        except OSError as exc:  # the socket itself failed: timeout, out of buffer space
+            raise KernelError(f"nftables: netlink: {exc}") from exc
 
     return wrapper
 
