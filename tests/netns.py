@@ -153,21 +153,20 @@ class NetPair:
     extra: list[str] = field(default_factory=list)
 
     def add_client_address(self, address: str) -> str:
-        is6 = ":" in address
-        prefix = "/128" if is6 else "/32"
-        extra = ["nodad"] if is6 else []
-        self.client.exec(["ip", "addr", "add", address + prefix, "dev", self.client_if, *extra])
-        self.server.exec(["ip", "route", "add", address + prefix, "dev", self.server_if])
         self.extra.append(address)
-        return address
+        return _add_host_address(self.client, self.client_if, self.server, self.server_if, address)
 
     def add_server_address(self, address: str) -> str:
-        is6 = ":" in address
-        prefix = "/128" if is6 else "/32"
-        extra = ["nodad"] if is6 else []
-        self.server.exec(["ip", "addr", "add", address + prefix, "dev", self.server_if, *extra])
-        self.client.exec(["ip", "route", "add", address + prefix, "dev", self.client_if])
-        return address
+        return _add_host_address(self.server, self.server_if, self.client, self.client_if, address)
+
+
+def _add_host_address(ns: Netns, ifname: str, peer: Netns, peer_if: str, address: str) -> str:
+    """Put ``address`` on ``ns`` and route it from ``peer`` over the link (on-link, no gateway)."""
+    is6 = ":" in address
+    prefix = "/128" if is6 else "/32"
+    ns.exec(["ip", "addr", "add", address + prefix, "dev", ifname, *(["nodad"] if is6 else [])])
+    peer.exec(["ip", "route", "add", address + prefix, "dev", peer_if])
+    return address
 
 
 _pair_counter = iter(range(1, 250))
