@@ -18,6 +18,7 @@ Every loop is bounded; nothing outside the script's namespaces is touched.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import struct
@@ -35,6 +36,7 @@ from netpolicy.plan import KernelPlan, ListenerPlan  # noqa: E402
 from tests.netns import Netns, net_pair, run  # noqa: E402
 
 PORT = 2525
+SERVER_CPU = 1 if (os.cpu_count() or 1) > 1 else 0
 
 
 def entries(n: int) -> tuple[str, ...]:
@@ -104,7 +106,8 @@ class Accepter:
     (so it never competes with the client loop for the interpreter lock)."""
 
     def __init__(self, ns: Netns, address: str) -> None:
-        self.proc = ns.popen([sys.executable, "-c", ACCEPT_LOOP, address, str(PORT)], stdout=subprocess.PIPE)
+        pin = ["taskset", "-c", str(SERVER_CPU)] if SERVER_CPU else []
+        self.proc = ns.popen([*pin, sys.executable, "-c", ACCEPT_LOOP, address, str(PORT)], stdout=subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
 
     def close(self) -> None:
@@ -132,6 +135,8 @@ def _alternate(targets: list[tuple[str, str]], seconds: float) -> list[tuple[flo
     makes load changes on this shared 2-core machine hit both targets alike; medians and low
     percentiles ignore the stalls such load causes.
     """
+    if SERVER_CPU:  # the client on one CPU, both accepting processes on the other: symmetric
+        os.sched_setaffinity(0, {0})
     linger = struct.pack("ii", 1, 0)
     loops: list[list[float]] = [[] for _ in targets]
     connects: list[list[float]] = [[] for _ in targets]
