@@ -623,12 +623,13 @@ class IptablesBackend(Backend):
                 continue
             action = actions.get(ws.name)
             old = state.elements.get(ws.name)
-            if isinstance(action, tuple) and old is not None and old.intervals is not None:
-                entries = set(old.intervals)
-                entries.difference_update(action[1])
-                entries.update(action[0])
-            elif action is None and old is not None and old.intervals is not None:
-                entries = set(old.intervals)
+            if (action is None or isinstance(action, tuple)) and old is not None and old.intervals is not None:
+                # our own record from the last apply is updated in place (a copy of 1M entries
+                # would cost more than the change); a set just read is copied once
+                entries = old.intervals if isinstance(old.intervals, set) else set(old.intervals)
+                if action is not None:
+                    entries.difference_update(action[1])
+                    entries.update(action[0])
             else:
                 entries = set(ipset_intervals(ws.cidrs))
             self._known[ws.name] = KnownSet(entries, ws.cidrs)
