@@ -92,12 +92,12 @@ class Reconciler:
                 return CheckResult()
             repaired = self.backend.apply(plan)
             if repaired.in_sync:  # someone put it back between our check and the repair
-                log.info("drift gone before repair: %s", _summary(found.lines()))
+                log.info("drift gone before repair: %s", _summary(found))
                 return CheckResult()
             self.repairs += 1
             log.warning(
                 "drift repaired (repair %d, %s backend, generation %s): %s",
-                self.repairs, self.backend.name, plan.generation, _summary(repaired.lines()),
+                self.repairs, self.backend.name, plan.generation, _summary(repaired),
             )
             self._renew_promotions()
             return CheckResult(repaired=True, diff=repaired)
@@ -144,7 +144,7 @@ class Reconciler:
             log.warning("%s the promotion of %s on %s (%.0f s left)", what, address, listener, left)
 
 
-def _summary(lines: list[str]) -> str:
-    shown = "; ".join(lines[:MAX_LOGGED_LINES])
-    more = len(lines) - MAX_LOGGED_LINES
-    return shown + (f"; and {more} more" if more > 0 else "")
+def _summary(diff: KernelDiff) -> str:
+    lines = diff.lines(MAX_LOGGED_LINES)
+    more = len(diff.problems) + diff.element_changes - len(lines)
+    return "; ".join(lines) + (f"; and {more} more changes" if more > 0 else "")

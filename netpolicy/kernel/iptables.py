@@ -587,7 +587,8 @@ class IptablesBackend(Backend):
         want = desired(plan)
         state = self._read(self._families(want), trust_known=True)
         result, _actions = self._reconcile(plan, want, state)
-        self._remember_verified(state, want, result)
+        if result.in_sync:  # on drift, keep the old record: the repair needs the same view
+            self._remember_verified(state, want, result)
         return result
 
     def _remember_verified(self, state: IptState, want: Desired, result: KernelDiff) -> None:

@@ -7,6 +7,7 @@ forms are the same, so the CLI and the reconciler never care which backend they 
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import socket
 from collections.abc import Mapping
@@ -63,6 +64,11 @@ class Interval(NamedTuple):
 
     def cidrs(self) -> list[str]:
         """The interval as CIDR strings (one when it is a network, several for a range)."""
+        size = self.last - self.first + 1
+        if size & (size - 1) == 0 and self.first % size == 0:  # a network: the common case, fast
+            bits, family = (32, socket.AF_INET) if self.version == 4 else (128, socket.AF_INET6)
+            text = socket.inet_ntop(family, self.first.to_bytes(bits // 8, "big"))
+            return [f"{text}/{bits - size.bit_length() + 1}"]
         addr = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
         return [str(n) for n in ipaddress.summarize_address_range(addr(self.first), addr(self.last))]
 
@@ -88,10 +94,14 @@ class SetDelta:
     def label(self) -> str:
         return role_label("refuse", self.family)
 
-    def lines(self) -> list[str]:
-        out = [f"+ {c} -> {self.listener} {self.label}" for i in sorted(self.add) for c in i.cidrs()]
-        out += [f"- {c} -> {self.listener} {self.label}" for i in sorted(self.remove) for c in i.cidrs()]
-        return out
+    def lines(self, limit: int | None = None) -> list[str]:
+        """``+``/``-`` lines in address order; with ``limit``, only the first ones are made."""
+        def first(items: frozenset[Interval]) -> list[Interval]:
+            return sorted(items) if limit is None else heapq.nsmallest(limit, items)
+
+        out = [f"+ {c} -> {self.listener} {self.label}" for i in first(self.add) for c in i.cidrs()]
+        out += [f"- {c} -> {self.listener} {self.label}" for i in first(self.remove) for c in i.cidrs()]
+        return out if limit is None else out[:limit]
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -141,11 +151,15 @@ class KernelDiff:
     def element_changes(self) -> int:
         return sum(len(d.add) + len(d.remove) for d in self.sets)
 
-    def lines(self) -> list[str]:
+    def lines(self, limit: int | None = None) -> list[str]:
+        """Problems, then element changes; with ``limit``, at most that many (cheaply: a repair
+        of a flushed 1M-entry table should not format a million lines to log twenty)."""
         out = [p.line() for p in self.problems]
         for delta in self.sets:
-            out += delta.lines()
-        return out
+            if limit is not None and len(out) >= limit:
+                break
+            out += delta.lines(None if limit is None else limit - len(out))
+        return out if limit is None else out[:limit]
 
     def as_json(self) -> dict[str, object]:
         return {

@@ -273,7 +273,8 @@ def _group_changes(group: WantGroup, state: NftState, fresh: set[str]) -> dict[s
 
 
 def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
-    """The diff between ``state`` and ``want`` and the one transaction that removes it."""
+    """The diff between ``state`` and ``want`` and the transaction that removes it (with, at
+    times, removals deferred to a second one: see ``_deferred_removals``)."""
     problems: list[Problem] = []
     t = state.table
     if t is None:
@@ -566,7 +567,8 @@ class NftablesBackend(Backend):
             state = self._read(sock, trust_known=True)
         want = desired(plan, self.log_group)
         batch = _reconcile(plan, want, state)
-        self._remember(state, plan if batch.diff.in_sync else None, self._verified_sets(state, want, batch))
+        if batch.diff.in_sync:  # on drift, keep the old record: the repair needs the same view
+            self._remember(state, plan, self._verified_sets(state, want, batch))
         return batch.diff
 
     @serialized

@@ -126,3 +126,25 @@ def test_reconciler_loop_repairs_a_flushed_ruleset_and_restores_promotions(netpa
         finally:
             executor.shutdown()
     assert reconciler.last_error is None
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_big_set_whose_size_changed_is_reloaded_whole_not_read_back(
+    netpair: NetPair, backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netpolicy.kernel import iptables, nftables
+
+    monkeypatch.setattr(nftables if backend_name == "nftables" else iptables, "RELOAD_THRESHOLD", 1)
+    backend = backend_in(netpair.server, backend_name)
+    blocked = netpair.add_client_address(BLOCKED_HOST)
+    plan = make_plan(netpair.server_v4, refuse4=(f"{BLOCKED_HOST}/32", "192.0.2.70/32", "198.51.100.0/24"))
+    reconciler = Reconciler(backend, plan)
+    netpair.server.call(reconciler.check_once)
+    DRIFT[backend_name]["element deleted"][0](netpair.server)
+    result = netpair.server.call(reconciler.check_once)
+    assert result.repaired and result.diff is not None
+    assert [p.code for p in result.diff.problems] == ["modified-set"], result.diff.lines()
+    assert "reloading it" in result.diff.lines()[0]
+    with listening(netpair, netpair.server_v4):
+        assert outcome(netpair.client, (netpair.server_v4, PORT), blocked) == "refused"
+    assert netpair.server.call(lambda: backend_in(netpair.server, backend_name).diff(plan)).in_sync

@@ -96,3 +96,10 @@ def test_rule_comments_carry_the_generation() -> None:
     comment = rule_comment("netpolicy A hosts4", "abc123")
     assert split_comment(comment) == ("netpolicy A hosts4", "abc123")
     assert split_comment("someone else's rule") == ("someone else's rule", None)
+
+
+def test_limited_lines_are_the_first_ones_in_address_order() -> None:
+    adds = frozenset(Interval(4, 0x0A000000 + 2 * i, 0x0A000000 + 2 * i) for i in range(1000))
+    diff = KernelDiff("nftables", "g", None, (Problem("missing-table", "inet netpolicy"),), (SetDelta("L", 4, adds),))
+    assert diff.lines(3) == ["! missing table: inet netpolicy", "+ 10.0.0.0/32 -> L refuse4", "+ 10.0.0.2/32 -> L refuse4"]
+    assert len(diff.lines()) == 1001
