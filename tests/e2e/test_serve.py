@@ -78,6 +78,8 @@ class Served:
             sock = self.pair.client.connect((self.pair.server_v4, PORT), source=source, timeout=timeout)
         except ConnectionRefusedError:
             return "refused"
+        except ConnectionResetError:  # userland refusal racing the handshake
+            return "reset"
         with sock:
             data = b""
             try:
