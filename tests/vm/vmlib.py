@@ -112,6 +112,19 @@ class PlaybookRun:
     def mx(self) -> Recap:
         return self.recaps["mx1"]
 
+    @property
+    def changed_tasks(self) -> list[str]:
+        """Names of the tasks and handlers that reported "changed"."""
+        names: list[str] = []
+        current = ""
+        for line in self.output.splitlines():
+            m = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \**$", line)
+            if m:
+                current = m.group(1)
+            elif line.startswith("changed:") and current and (not names or names[-1] != current):
+                names.append(current)
+        return names
+
 
 @dataclass
 class Vm:
