@@ -9,8 +9,9 @@ an entry covers.
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 
 Interval = tuple[int, int]
@@ -62,9 +63,9 @@ class LabelledIndex:
     entries, where a scan of the entries would take tens of milliseconds.
     """
 
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)  # index of the entry in its group
+    starts: MutableSequence[int] = field(default_factory=list)
+    ends: MutableSequence[int] = field(default_factory=list)
+    labels: MutableSequence[int] = field(default_factory=list)  # index of the entry in its group
 
     @classmethod
     def build(cls, entries: Sequence[tuple[int, int]]) -> "LabelledIndex":
@@ -75,9 +76,17 @@ class LabelledIndex:
             index.starts = [entries[i][0] for i in order]
             index.ends = [entries[i][1] for i in order]
             index.labels = order
-            return index
-        index._sweep(entries, order)
+        else:
+            index._sweep(entries, order)
+        index._pack()
         return index
+
+    def _pack(self) -> None:
+        """IPv4 values fit machine words: a contiguous array bisects about twice as fast as a
+        list of int objects scattered over the heap (fewer cache misses per comparison)."""
+        if self.ends and self.ends[-1] < 1 << 64:
+            self.starts, self.ends = array("Q", self.starts), array("Q", self.ends)
+        self.labels = array("Q", self.labels)
 
     def _sweep(self, entries: Sequence[tuple[int, int]], order: list[int]) -> None:
         """Overlapping entries: walk the boundaries keeping a heap of covering entries by rank."""

@@ -74,11 +74,12 @@ Entry = AddressEntry | HostnameEntry | DnsListEntry | AllEntry
 
 
 def _v4_int(text: str) -> int:
-    """Strict dotted-quad to int (inet_aton alone accepts ``10.1`` and ``0x0a...``)."""
-    parts = text.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
-        raise EntryError(f"{text!r} is not an IPv4 address")
-    return int.from_bytes(socket.inet_aton(text), "big")
+    """Strict dotted quad to int: inet_pton refuses ``10.1``, ``0x0a...`` and leading zeros
+    (which inet_aton would read as octal), and is several times faster than ``ipaddress``."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        raise EntryError(f"{text!r} is not an IPv4 address") from None
 
 
 def _v6_int(text: str) -> int:
