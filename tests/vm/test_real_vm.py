@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import smtplib
 import subprocess
 import time
@@ -43,6 +44,7 @@ NO_SERVE = "`netpolicy serve` is not in this checkout yet: nothing listens on th
 class Lab:
     vm: Vm
     inventory: Path
+    fresh_check: PlaybookRun
     first: PlaybookRun
     second: PlaybookRun
     timings: dict[str, float]
@@ -72,11 +74,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         timings["boot"] = vm.boot_seconds
         inventory = vm.write_inventory(wheels)
         extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
+        fresh_check = vm.playbook(inventory, "--check", "--diff", *extra, name="run0-check-fresh")
+        timings["run0-check-fresh"] = fresh_check.seconds
         first = vm.playbook(inventory, *extra, name="run1")
         timings["run1"] = first.seconds
         second = vm.playbook(inventory, *extra, name="run2")
         timings["run2"] = second.seconds
-        yield Lab(vm, inventory, first, second, timings)
+        yield Lab(vm, inventory, fresh_check, first, second, timings)
     finally:
         with _suppress():
             (vmlib.ARTIFACTS / "console.log").write_text(vm.console.read_text(errors="replace"))
@@ -111,6 +115,16 @@ def _policy_with(extra_blacklist: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------ playbooks
+def test_check_mode_on_a_new_host_changes_nothing(lab: Lab) -> None:
+    run = lab.fresh_check
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.mx.failed == 0 and run.mx.changed > 0
+    assert "netpolicy is not installed yet on mx1: no kernel diff before the first real run" in run.output
+    assert re.search(r"^\+\s+- 10\.20\.0\.66$", run.output, re.M), "--diff shows the whole new policy"
+    # The run that follows it (run1) found a new host: nothing was created by check mode.
+    assert lab.first.mx.changed > 0 and "netpolicy : Create the netpolicy user" in lab.first.changed_tasks
+
+
 def test_first_run_provisions_the_vm(lab: Lab) -> None:
     run = lab.first
     assert run.returncode == 0, run.output[-6000:]
@@ -191,6 +205,26 @@ def test_accepted_mail_is_delivered_to_the_maildir(lab: Lab) -> None:
     maillog = lab.vm.sudo("cat /var/log/netpolicy/mail.log").stdout
     assert f"address {ACCEPTED_SENDER}" in maillog and "ACCEPT SG ALL" in maillog, maillog[-2000:]
     assert f"REJECT SG REJECTLIST match {REJECTED_SENDER}" in maillog, maillog[-2000:]
+
+
+def test_vagrantfile_sender_checks_pass_against_the_vm(lab: Lab) -> None:
+    """The Vagrantfile's sender provisioner, run from the namespace that stands in for that VM."""
+    _require_serve()
+    if not shutil.which("ruby") or not shutil.which("swaks"):
+        pytest.skip("ruby (to read the Vagrantfile) or swaks is not installed")
+    scripts = json.loads(subprocess.run(
+        ["ruby", str(Path(__file__).with_name("vagrant_scripts.rb")), str(vmlib.ROOT / "Vagrantfile")],
+        capture_output=True, text=True, check=True,
+    ).stdout)
+    (check,) = [s for s in scripts if s["machine"] == "sender" and s["name"] == "each behaviour from its source address"]
+    assert check["args"] == [VM_ADDRESS, BLOCKED_SENDER, REJECTED_SENDER, ACCEPTED_SENDER]
+    proc = lab.vm.ns.exec(["bash", "-c", check["inline"], "sender-check", *check["args"]], check=False)
+    out = proc.stdout + proc.stderr
+    (vmlib.ARTIFACTS / "vagrant-sender-check.log").write_text(out)
+    assert proc.returncode == 0, out
+    assert f"TCPREFUSE  from {BLOCKED_SENDER}: connection refused at SYN" in out
+    assert f"REJECT     from {REJECTED_SENDER}: 554 {REJECTED_SENDER} is not welcome here" in out
+    assert re.search(rf"ACCEPT     from {re.escape(ACCEPTED_SENDER)}: 250 ", out), out
 
 
 # ------------------------------------------------------------------------------------ changes

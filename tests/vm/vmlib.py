@@ -5,6 +5,7 @@ Layout (all created by the test, all removed afterwards but the cached image):
     host namespace                       namespace npvm<hex> (made here)
     ---------------                      ----------------------------------------------
     pytest, ansible-playbook  --netns->  tap0: 10.20.0.1/24   controller (SSH, Ansible)
+                                               10.20.0.2      the Vagrantfile's sender VM
                                                10.20.0.66     sender in BLACKLIST  (TCPREFUSE)
                                                10.20.0.77     sender in REJECTLIST (REJECT 554)
                                                10.20.0.99     sender in ALL        (ACCEPT)
@@ -39,6 +40,7 @@ ARTIFACTS = ROOT / "var" / "vm-test"
 
 VM_ADDRESS = "10.20.0.10"
 CONTROLLER = "10.20.0.1"
+VAGRANT_SENDER = "10.20.0.2"  # the Vagrantfile's sender VM; here one more address in the namespace
 BLOCKED_SENDER = "10.20.0.66"
 REJECTED_SENDER = "10.20.0.77"
 ACCEPTED_SENDER = "10.20.0.99"
@@ -149,7 +151,7 @@ class Vm:
         ns = Netns.create(unique_name("npvm"))
         ns.exec(["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"])
         ns.exec(["ip", "addr", "add", f"{CONTROLLER}/24", "dev", "tap0"])
-        for address in SENDERS:
+        for address in (VAGRANT_SENDER, *SENDERS):
             ns.exec(["ip", "addr", "add", f"{address}/24", "dev", "tap0"])
         ns.exec(["ip", "link", "set", "tap0", "up"])
         return cls(image=image, work=work, ns=ns)
@@ -186,6 +188,11 @@ class Vm:
         tries = ["kvm", "tcg"] if accel == "auto" else [accel]
         if "kvm" in tries and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             tries.remove("kvm")
+        # A KVM that hung once on this host kernel is not tried again (saves 10 s a run).
+        verdict = CACHE / f"kvm-hangs-{os.uname().release}"
+        if accel == "auto" and "kvm" in tries and verdict.exists():
+            log(f"KVM skipped: it hung before on this host kernel ({verdict})")
+            tries.remove("kvm")
         for choice in tries:
             self.proc = self._qemu(choice)
             if choice == "kvm" and len(tries) > 1:
@@ -195,6 +202,8 @@ class Vm:
                 if not self._console_has("Linux version"):
                     log("KVM: the guest kernel did not start within 10 s (a known hang here); falling back to TCG")
                     self._kill()
+                    verdict.parent.mkdir(parents=True, exist_ok=True)
+                    verdict.write_text("the guest kernel printed nothing within 10 s under KVM\n")
                     continue
             self.accel = choice
             log(f"qemu started with {choice}")
