@@ -96,6 +96,11 @@ qemu-img convert -O qcow2 "$work/rootfs.raw" "$work/rootfs.qcow2"
 rm -f "$work/rootfs.raw"
 rm -rf "$root"
 
+# Images of older versions of this script are of no further use.
+for old in "$cache"/*/; do
+    name="$(basename "$old")"
+    [[ "$name" =~ ^[0-9a-f]{12}$ && "$name" != "$key" ]] && rm -rf "$old"
+done
 mkdir -p "$out"
 mv "$work/rootfs.qcow2" "$work/vmlinuz" "$work/initrd.img" "$work/id_ed25519" "$work/id_ed25519.pub" "$out/"
 touch "$out/.done"
