@@ -314,7 +314,7 @@ def test_runs_unprivileged_with_only_the_units_two_capabilities(netpair: NetPair
         wait_for(lambda: s.outcome(netpair.client_v4) == "220", timeout=20, step=0.2)
         assert s.outcome(BLOCKED) == "refused"
         assert "no CAP_NET_ADMIN" not in s.stderr_text()
-        assert "New SMTP ICID" in s.log_text()
+        wait_for(lambda: "New SMTP ICID" in s.log_text())
     finally:
         s.proc.terminate()
         s.proc.wait(timeout=15)
