@@ -340,9 +340,8 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
         if have_order != [wr.key for wr in want.rules if wr.chain == name and wr.key in matched]:
             problems.append(Problem("modified-chain", f"inet {TABLE} {name}", "rule order changed"))
             replace_rules = True
-    if stale:
+    if stale:  # only the generation in the comments is old: re-stamp in place, see replace_rule
         problems.append(Problem("generation", f"inet {TABLE}", f"kernel has {','.join(sorted(stale))}, plan is {plan.generation}"))
-        replace_rules = True
 
     pre: list[nfnl.Message] = []  # deletions of sets and counters, once no rule uses them
     post: list[nfnl.Message] = []
@@ -397,6 +396,8 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
     msgs += [m.new_chain(TABLE, name, want.chains[name]) for name in missing_chains + recreate_chains]
     if replace_rules:
         msgs += [m.new_rule(TABLE, r.chain, r.exprs, r.comment) for r in want.rules]
+    elif stale:  # after the elements have settled, in the second transaction
+        batch.later += [m.replace_rule(TABLE, r.chain, matched[r.key][0].handle, r.exprs, r.comment) for r in want.rules]
     batch.msgs = msgs
     batch.diff = KernelDiff("nftables", plan.generation, state.generation(), tuple(problems), batch.diff.sets)
     return batch

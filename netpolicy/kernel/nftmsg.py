@@ -221,6 +221,19 @@ def new_rule(table: str, chain: str, exprs: list[Expr], comment: str) -> Message
     return Message(nfnl.NEWRULE, FAMILY, body, nfnl.NLM_F_CREATE | nfnl.NLM_F_APPEND)
 
 
+def replace_rule(table: str, chain: str, handle: int, exprs: list[Expr], comment: str) -> Message:
+    """The same rule with a new comment, swapped in place (NLM_F_REPLACE on its handle).
+
+    Re-stamping the generation by deleting every rule and adding it again, even inside one
+    transaction, let about one SYN in 2,000 through on kernel 6.18 (tests/integration/
+    test_kernel_window.py caught it); an in-place replace never leaves the chain without it."""
+    body = (
+        strz(RULE_TABLE, table) + strz(RULE_CHAIN, chain) + be64(RULE_HANDLE, handle)
+        + nest(RULE_EXPRESSIONS, encode_exprs(exprs)) + nfnl.attr(RULE_USERDATA, comment_udata(comment))
+    )
+    return Message(nfnl.NEWRULE, FAMILY, body, nfnl.NLM_F_REPLACE)
+
+
 def del_rule(table: str, chain: str, handle: int) -> Message:
     return Message(nfnl.DELRULE, FAMILY, strz(RULE_TABLE, table) + strz(RULE_CHAIN, chain) + be64(RULE_HANDLE, handle))
 
