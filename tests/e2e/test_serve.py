@@ -155,7 +155,7 @@ def test_each_behaviour_and_the_kernel_refusal_log_line(served: Served) -> None:
     assert served.outcome(REJECTED) == "554"
     assert served.outcome(ACCEPTED) == "220"
     wait_for(lambda: f"ICID 0 TCPREFUSE SG BLACKLIST match {BLOCKED}" in served.log_text())
-    assert "REJECT SG REJECTLIST match 192.0.2.77" in served.log_text()
+    wait_for(lambda: "REJECT SG REJECTLIST match 192.0.2.77" in served.log_text())
 
 
 def test_flushed_ruleset_is_repaired_within_a_second(served: Served) -> None:
