@@ -49,6 +49,18 @@ def subtract(base: Sequence[Interval], holes: Sequence[Interval]) -> list[Interv
     return out
 
 
+def intersecting(candidates: Iterable[Interval], others: Iterable[Interval]) -> list[Interval]:
+    """The candidates that share at least one address with ``others``."""
+    merged = merge(others)
+    starts = [start for start, _end in merged]
+    out: list[Interval] = []
+    for start, end in candidates:
+        i = bisect_right(starts, end) - 1  # the last of ``others`` starting at or before ``end``
+        if i >= 0 and merged[i][1] >= start:
+            out.append((start, end))
+    return out
+
+
 def contains(intervals: Sequence[Interval], starts: Sequence[int], value: int) -> bool:
     """Membership in sorted disjoint intervals, given their precomputed start list."""
     i = bisect_right(starts, value) - 1
