@@ -36,7 +36,8 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterator, Set
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
@@ -510,6 +511,7 @@ class NftablesBackend(Backend):
         super().__init__()
         self.log_group = log_group
         self._known: _Known | None = None
+        self._sock: tuple[int, nfnl.NfnlSocket] | None = None  # (network namespace, socket)
 
     @classmethod
     def available(cls) -> bool:
@@ -524,6 +526,31 @@ class NftablesBackend(Backend):
         except OSError:
             return False
         return True
+
+    @contextmanager
+    def _session(self) -> Iterator[nfnl.NfnlSocket]:
+        """The netlink socket for the calling thread's namespace, kept open between calls.
+
+        Why not one per call: closing a socket that has committed waits for the kernel's
+        deferred transaction clean-up (an RCU grace period): 4-5 ms measured, a fifth of a
+        one-host update on a 1M-entry plan. Any error closes it, so that no half-read reply
+        can reach the next request.
+        """
+        ns = netns_id()
+        if self._sock is not None and self._sock[0] != ns:
+            self._close_socket()
+        if self._sock is None:
+            self._sock = (ns, nfnl.NfnlSocket())
+        try:
+            yield self._sock[1]
+        except BaseException:
+            self._close_socket()
+            raise
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock[1].sock.close()
+            self._sock = None
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -591,7 +618,7 @@ class NftablesBackend(Backend):
     @_netlink_errors
     def diff(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan, self.log_group)
-        with nfnl.NfnlSocket() as sock:
+        with self._session() as sock:
             state = self._read(sock, trust_known=False)
         batch = _reconcile(plan, want, state)
         self._remember(state, plan if batch.diff.in_sync else None, self._verified_sets(state, want, batch))
@@ -600,7 +627,7 @@ class NftablesBackend(Backend):
     @serialized
     @_netlink_errors
     def quick_diff(self, plan: KernelPlan) -> KernelDiff:
-        with nfnl.NfnlSocket() as sock:
+        with self._session() as sock:
             known = self._known_here()
             if known is not None and known.in_sync_plan is plan and sock.genid() == known.genid:
                 return KernelDiff(self.name, plan.generation, plan.generation)
@@ -616,7 +643,7 @@ class NftablesBackend(Backend):
     def apply(self, plan: KernelPlan) -> KernelDiff:
         want = desired(plan, self.log_group)
         for attempt in range(5):
-            with nfnl.NfnlSocket() as sock:
+            with self._session() as sock:
                 state = self._read(sock, trust_known=True)
                 batch = _reconcile(plan, want, state)
                 if not batch.msgs:
@@ -665,7 +692,7 @@ class NftablesBackend(Backend):
     def flush(self) -> bool:
         self._known = None
         for attempt in range(5):
-            with nfnl.NfnlSocket() as sock:
+            with self._session() as sock:
                 genid = sock.genid()
                 if sock.get(nfnl.GETTABLE, m.FAMILY, nfnl.strz(m.TABLE_NAME, TABLE)) is None:
                     return False
@@ -683,7 +710,7 @@ class NftablesBackend(Backend):
     @serialized
     @_netlink_errors
     def status(self, plan: KernelPlan | None = None) -> KernelStatus:
-        with nfnl.NfnlSocket() as sock:
+        with self._session() as sock:
             genid = sock.genid()
             table = m.read_table(sock, TABLE)
             known = self._known_here()
@@ -734,7 +761,7 @@ class NftablesBackend(Backend):
             *m.element_messages(nfnl.DELSETELEM, TABLE, name, [elem]),
             *m.element_messages(nfnl.NEWSETELEM, TABLE, name, [elem]),
         ]
-        with nfnl.NfnlSocket() as sock:
+        with self._session() as sock:
             try:
                 sock.commit(msgs)
             except nfnl.NetlinkError as exc:
@@ -749,7 +776,7 @@ class NftablesBackend(Backend):
     @_netlink_errors
     def promoted(self) -> list[Promotion]:
         out: list[Promotion] = []
-        with nfnl.NfnlSocket() as sock:
+        with self._session() as sock:
             table = m.read_table(sock, TABLE)
             for name in table.sets if table is not None else ():
                 parsed = _parse_set_name(name)
