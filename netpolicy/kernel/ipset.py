@@ -60,6 +60,11 @@ def headers() -> dict[str, SetHeader]:
     return out
 
 
+def names() -> set[str]:
+    """Names of the sets that are ours: a cheap listing (no per-set entry count)."""
+    return {name for name in run(["list", "-n"]).split() if name.startswith(OWNED_PREFIX)}
+
+
 def members(name: str) -> list[tuple[str, float | None]]:
     """(entry, seconds left or None) for every member of one of our sets."""
     out: list[tuple[str, float | None]] = []
