@@ -12,7 +12,10 @@ receives IPv6, IPv6), one jump to it from ``INPUT``, and ipsets whose names begi
 python-iptables (libiptc) edits the chain, its rules and the jump under the xtables lock, and
 each table is committed as one unit. Set contents go through ``ipset restore``: element changes
 in place for small changes, a filled temporary set swapped in for big ones, so the rules always
-see either the old or the new set. Only the legacy backend uses python-iptables: on systems
+see either the old or the new set. A process that has applied before trusts its record of the
+sets' contents (ipset has no generation counter, and counting a set's entries walks all its
+buckets); its element changes are then strict, so a wrong record shows as a failed add or del
+and the apply starts again from a full read (see ``_read``). Only the legacy backend uses python-iptables: on systems
 where ``iptables`` is iptables-nft, libiptc writes legacy tables the admin's tools do not show,
 which is why ``auto`` never picks this backend there.
 
