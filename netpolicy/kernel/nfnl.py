@@ -272,6 +272,30 @@ class NfnlSocket:
                     return result
                 result = bytes(payload[4:])
 
+    def all_found(self, requests: Sequence[Message]) -> bool:
+        """Send get requests one at a time: True when the kernel knows every object they name,
+        False at the first request naming one it does not know. Replies are only skipped over.
+
+        Why: checking that a 950k-entry hash set holds given elements this way takes ~6 s on
+        kernel 6.18, where dumping the set takes ~34 s (a dump restarts its walk of the set for
+        every reply message, so its cost grows with the square of the set's size).
+        """
+        for request in requests:
+            seq = next(_seq)
+            self.sock.send(Message(request.kind, request.family, request.body, request.flags | NLM_F_ACK).encode(seq))
+            acked = False
+            while not acked:
+                for mtype, flags, mseq, payload in self._messages():
+                    if mtype != NLMSG_ERROR or mseq != seq:
+                        continue
+                    err, text = self._error(payload, flags)
+                    if err == errno_mod.ENOENT:
+                        return False
+                    if err:
+                        raise NetlinkError(err, text, f"get {request.kind}")
+                    acked = True
+        return True
+
     def genid(self) -> int:
         """The ruleset generation: the kernel bumps it on every committed transaction."""
         payload = self.get(GETGEN, NFPROTO_UNSPEC, b"")

@@ -167,3 +167,20 @@ def test_iptables_apply_redoes_from_a_fresh_read_when_its_record_is_wrong(netpai
     netpair.server.exec(["ipset", "del", name, other])  # what the next apply removes is gone already
     assert not netpair.server.call(lambda: backend.apply(base)).in_sync
     assert netpair.server.call(lambda: backend.diff(base)).in_sync
+
+
+def test_nftables_fresh_diff_sees_an_element_swapped_for_another(netpair: NetPair) -> None:
+    """A process with no record checks a hosts set of the plan's size element by element
+    instead of dumping it: one element swapped for another (same size) is still drift."""
+    backend = backend_in(netpair.server, "nftables")
+    plan = make_plan(netpair.server_v4, refuse4=(f"{BLOCKED_HOST}/32", "192.0.2.67/32", "198.51.100.0/24"))
+    netpair.server.call(lambda: backend.apply(plan))
+    fresh = backend_in(netpair.server, "nftables")
+    assert netpair.server.call(lambda: fresh.diff(plan)).in_sync
+    hosts = f"h4_{LISTENER}"
+    netpair.server.exec(["nft", "delete", "element", "inet", "netpolicy", hosts, f"{{ {BLOCKED_HOST} }}"])
+    netpair.server.exec(["nft", "add", "element", "inet", "netpolicy", hosts, "{ 192.0.2.99 }"])
+    again = backend_in(netpair.server, "nftables")
+    found = netpair.server.call(lambda: again.diff(plan))
+    assert f"+ {BLOCKED_HOST}/32 -> {LISTENER} refuse4" in found.lines()
+    assert f"- 192.0.2.99/32 -> {LISTENER} refuse4" in found.lines()
