@@ -43,7 +43,7 @@ from typing import Any
 from netpolicy.kernel import ipset
 from netpolicy.kernel.base import Backend, serialized
 from netpolicy.kernel.delta import sorted_delta, split_hosts
-from netpolicy.kernel.layout import ListenerLayout, layout, listener_id, rule_comment, split_comment
+from netpolicy.kernel.layout import ListenerLayout, OwnedSet, layout, listener_id, rule_comment, split_comment
 from netpolicy.kernel.model import (
     Interval, KernelDiff, KernelError, KernelStatus, ListenerStatus, MissingCapability, Problem, Promotion,
     SetDelta, role_label,
@@ -214,12 +214,7 @@ class RuleSpec:
 
 
 @dataclass(frozen=True)
-class WantSet:
-    name: str
-    lid: str
-    listener: str
-    kind: str
-    family: int
+class WantSet(OwnedSet):
     cidrs: tuple[str, ...]  # the plan's refuse list (empty for promoted sets)
 
     @property

@@ -24,6 +24,18 @@ _PLAIN_ID = re.compile(rf"^[A-Za-z0-9_]{{1,{MAX_ID}}}$")
 COMMENT_PREFIX = "netpolicy"
 
 
+@dataclass(frozen=True)
+class OwnedSet:
+    """A set a backend keeps for one listener and address family; ``kind`` says what it holds
+    (each backend has its own kinds, e.g. hosts / networks / promoted, or refuse / promoted)."""
+
+    name: str
+    lid: str
+    listener: str
+    kind: str
+    family: int
+
+
 def listener_id(name: str) -> str:
     """A short, kernel-safe name for a listener, stable across runs.
 

@@ -46,7 +46,7 @@ from netpolicy.kernel import nfnl
 from netpolicy.kernel import nftmsg as m
 from netpolicy.kernel.base import Backend, netns_id, serialized
 from netpolicy.kernel.delta import is_host, sorted_delta, split_hosts
-from netpolicy.kernel.layout import COMMENT_PREFIX, ListenerLayout, layout, listener_id, rule_comment, split_comment
+from netpolicy.kernel.layout import COMMENT_PREFIX, ListenerLayout, OwnedSet, layout, listener_id, rule_comment, split_comment
 from netpolicy.kernel.model import (
     Interval, KernelDiff, KernelError, KernelStatus, ListenerStatus, MissingCapability, Problem, Promotion,
     SetDelta, role_label,
@@ -95,13 +95,7 @@ def _spec(kind: str, family: int) -> m.SetSpec:
 
 
 @dataclass(frozen=True)
-class WantSet:
-    name: str
-    lid: str
-    listener: str
-    kind: str
-    family: int
-
+class WantSet(OwnedSet):
     @property
     def spec(self) -> m.SetSpec:
         return _spec(self.kind, self.family)

@@ -39,7 +39,8 @@ def _covering(sets: dict[str, set[Interval]], address: int) -> set[str]:
 
 def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.ElementOp]]) -> list[str]:
     """Apply the transactions to a model of the sets; the addresses (and commit numbers) where
-    an address refused before and after the change is not kept by one same set."""
+    an address refused before and after the change is not kept by one same set, or where one
+    refused by neither plan is refused in between."""
     group = want.groups[0]
     sets = {group.hosts: set(split_hosts(old)[0]), group.networks: set(split_hosts(old)[1])}
     before_all = {a: _covering(sets, a) for a in range(int(SPACE[0]), int(SPACE[-1]) + 1)}
@@ -58,8 +59,11 @@ def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.Eleme
                 assert op.elements <= sets[op.set], f"commit {number}: removing what {op.set} does not hold"
                 sets[op.set] -= op.elements
         for address, was in before.items():
-            if before_all[address] and after_all[address] and not was & _covering(sets, address):
+            now = _covering(sets, address)
+            if before_all[address] and after_all[address] and not was & now:
                 problems.append(f"commit {number}: {ipaddress.ip_address(address)} not kept by one set")
+            if now and not (before_all[address] or after_all[address]):
+                problems.append(f"commit {number}: {ipaddress.ip_address(address)} refused by neither plan")
     assert sets == final_want
     return problems
 
