@@ -23,38 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.e2e.serve_policy import BLOCKED, LATER, PORT, write_policy  # noqa: E402
 from tests.netns import NetPair, net_pair  # noqa: E402
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
-PORT = 2525
-BLOCKED, LATER = "192.0.2.66", "198.51.100.5"
-POLICY = """\
-version: 1
-listeners:
-  - name: IncomingMail
-    address: {address}
-    port: {port}
-    kernel: {kernel}
-    hat:
-      - {{group: BLACKLIST, policy: BLOCKED}}
-      - {{group: ALL, policy: ACCEPTED}}
-    rat: [{{recipient: ALL, action: accept}}]
-    delivery: {{maildir: {maildir}}}
-sender_groups:
-  BLACKLIST: [{blacklist}]
-mail_flow_policies:
-  ACCEPTED: {{behavior: accept}}
-  BLOCKED:  {{behavior: tcprefuse}}
-"""
-
-
-def write_policy(path: Path, pair: NetPair, kernel: bool, blacklist: str) -> None:
-    tmp = path.with_suffix(".new")
-    tmp.write_text(POLICY.format(address=pair.server_v4, port=PORT, kernel=str(kernel).lower(),
-                                 maildir=path.parent / "maildir", blacklist=blacklist))
-    os.replace(tmp, path)
-
-
 def refused(pair: NetPair, source: str) -> bool:
     """Refused at SYN by the kernel (not: admitted, or reset by userland after the handshake)."""
     try:
@@ -124,13 +96,13 @@ def main() -> None:
         pair.add_client_address(BLOCKED)
         pair.add_client_address(LATER)
         policy = Path(tmp) / "policy.yml"
-        write_policy(policy, pair, True, BLOCKED)
+        write_policy(policy, pair.server_v4, policy.parent / "maildir", BLOCKED)
         proc = start(pair, policy)
         try:
             reloads = []
             for i in range(5):
                 blacklist = f"{BLOCKED}, {LATER}" if i % 2 == 0 else BLOCKED
-                write_policy(policy, pair, True, blacklist)
+                write_policy(policy, pair.server_v4, policy.parent / "maildir", blacklist)
                 t0 = time.perf_counter()
                 proc.send_signal(signal.SIGHUP)
                 wait((lambda: refused(pair, LATER)) if i % 2 == 0 else (lambda: admitted(pair, LATER)), 10)
@@ -149,7 +121,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=15)
         pair.server.exec(["nft", "flush", "ruleset"])
-        write_policy(policy, pair, False, BLOCKED)
+        write_policy(policy, pair.server_v4, policy.parent / "maildir", BLOCKED, kernel=False)
         proc = start(pair, policy)
         try:
             c0 = cpu_seconds(proc.pid)

@@ -8,7 +8,6 @@ the veth link sees: ECONNREFUSED at SYN, a 554 banner, a 220 banner.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,37 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.serve_policy import ACCEPTED, BLOCKED, LATER, PORT, REJECTED, policy_text, write_policy
 from tests.netns import NetPair
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
-PORT = 2525
-BLOCKED, REJECTED, ACCEPTED, LATER = "192.0.2.66", "192.0.2.77", "192.0.2.99", "198.51.100.5"
-
-POLICY = """\
-version: 1
-listeners:
-  - name: IncomingMail
-    address: {address}
-    port: {port}
-    hostname: mx.example.test
-    hat:
-      - {{group: BLACKLIST, policy: BLOCKED}}
-      - {{group: REJECTLIST, policy: REJECTED}}
-      - {{group: ALL, policy: ACCEPTED}}
-    rat:
-      - {{recipient: example.test, action: accept}}
-      - {{recipient: ALL, action: reject}}
-    delivery: {{maildir: {maildir}}}
-sender_groups:
-  BLACKLIST: [{blacklist}]
-  REJECTLIST: [192.0.2.77]
-mail_flow_policies:
-  ACCEPTED: {{behavior: accept}}
-  BLOCKED:  {{behavior: tcprefuse}}
-  REJECTED: {{behavior: reject, promote_after: 3, promote_for: 3}}
-"""
-
-
 @dataclass
 class Served:
     pair: NetPair
@@ -62,12 +34,7 @@ class Served:
     tmp: Path
 
     def write_policy(self, blacklist: str = BLOCKED, text: str | None = None) -> None:
-        body = text if text is not None else POLICY.format(
-            address=self.pair.server_v4, port=PORT, maildir=self.tmp / "maildir", blacklist=blacklist
-        )
-        tmp = self.policy.with_suffix(".new")
-        tmp.write_text(body)
-        os.replace(tmp, self.policy)
+        write_policy(self.policy, self.pair.server_v4, self.tmp / "maildir", blacklist, text=text)
 
     def start(self) -> None:
         self.proc = start_serve(self)
@@ -171,7 +138,7 @@ def test_sighup_reload_reaches_the_kernel_and_broken_policy_changes_nothing(serv
     served.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: served.outcome(LATER) == "refused", timeout=5)
     # A broken policy: logged with file:line, nothing changes (the file watcher sees it too).
-    served.write_policy(text=POLICY.replace("BLACKLIST: [{blacklist}]", "BLACKLIST: [10.1.1.300]"))
+    served.write_policy(blacklist="10.1.1.300")
     served.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: f"{served.policy}:" in served.stderr_text() and "10.1.1.300" in served.stderr_text())
     assert served.outcome(LATER) == "refused" and served.outcome(BLOCKED) == "refused"
@@ -231,7 +198,7 @@ def _smtp_ehlo(sock) -> bytes:  # type: ignore[no-untyped-def]
 def test_listener_added_rebound_and_removed_without_dropping_others(served: Served) -> None:
     open_conn = served.pair.client.connect((served.pair.server_v4, PORT), source=ACCEPTED)
     assert open_conn.recv(512).startswith(b"220")
-    base = POLICY.format(address=served.pair.server_v4, port=PORT, maildir=served.tmp / "maildir", blacklist=BLOCKED)
+    base = policy_text(served.pair.server_v4, served.tmp / "maildir")
     second = base.replace("listeners:\n", f"""listeners:
   - name: Second
     address: {served.pair.server_v4}
@@ -322,7 +289,7 @@ def test_runs_unprivileged_with_only_the_units_two_capabilities(netpair: NetPair
 
 def test_broken_policy_at_start_exits_1_before_touching_the_kernel(netpair: NetPair, tmp_path: Path) -> None:
     policy = tmp_path / "policy.yml"
-    policy.write_text(POLICY.format(address=netpair.server_v4, port=PORT, maildir=tmp_path, blacklist="10.1.1.300"))
+    policy.write_text(policy_text(netpair.server_v4, tmp_path, blacklist="10.1.1.300"))
     proc = netpair.server.exec([NETPOLICY, "serve", "-p", str(policy)], check=False)
     assert proc.returncode == 1
     assert f"{policy}:" in proc.stderr and "'10.1.1.300' is not an IPv4 address" in proc.stderr
