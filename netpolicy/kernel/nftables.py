@@ -7,11 +7,12 @@ listener can receive (4 shown; 6 is the same with ``ip6``)::
         counter refused_<id>                                # refusals, for status
         set h4_<id> { type ipv4_addr; }                     # the plan's single hosts
         set n4_<id> { type ipv4_addr; flags interval; }     # the plan's networks
+        set t4_<id> { type ipv4_addr; flags interval; }     # empty, but while a network is replaced
         set p4_<id> { type ipv4_addr; flags timeout; }      # hosts promoted at runtime
         chain input { type filter hook input priority filter - 10; policy accept;
             [ip daddr A] tcp dport P tcp flags syn / fin,syn,rst,ack ip saddr @h4_<id>
                 counter name refused_<id> reject with tcp reset comment "netpolicy <id> hosts4 gen=G"
-            ... the same rule for @n4_<id> (networks4) and @p4_<id> (promoted4)
+            ... the same rule for @n4_<id> (networks4), @t4_<id> (transit4) and @p4_<id> (promoted4)
         }
     }
 
@@ -25,10 +26,11 @@ The policy generation sits in each rule's comment (table, chain and set comments
 changed in place; rules can be replaced inside the same transaction). Every change is one
 nfnetlink transaction carrying ``NFNL_BATCH_GENID``: it happens entirely or not at all, packets
 never see a half-applied state, and a batch computed from a stale read is refused by the kernel
-and recomputed. Element changes send only the changed elements. One exception: when an
-address moves between a listener's hosts set and its networks set, its new entry is committed
-in one transaction and its old entry removed in a later one (see ``_element_phases`` for the
-measurement), so every state in between refuses it.
+and recomputed. Element changes send only the changed elements. One exception: when a refused
+address's entry moves between the hosts and the networks set, or its network is replaced by an
+overlapping one, the change is spread over two or three transactions (the new entry first, or
+a copy in the transit set), so that every state in between refuses it: see
+``_element_phases`` for the measurement.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ TABLE = "netpolicy"
 CHAIN = "input"
 PRIORITY = -10
 TABLE_COMMENT = "managed by netpolicy: changes made here are reverted"
-KINDS = ("hosts", "networks", "promoted")
+KINDS = ("hosts", "networks", "transit", "promoted")
 LOG_PREFIX = "netpolicy:"  # NFLOG prefix, followed by the listener id (see netpolicy.nflog)
 LOG_RATE, LOG_BURST = 50, 100  # verbose logging of refusals: packets per second, burst
 # Above this many elements, a set whose size changed is reloaded rather than read back: the
@@ -90,7 +92,7 @@ def _parse_set_name(name: str) -> tuple[str, int, str] | None:
 
 
 def _spec(kind: str, family: int) -> m.SetSpec:
-    flags = {"hosts": 0, "networks": m.NFT_SET_INTERVAL, "promoted": m.NFT_SET_TIMEOUT}[kind]
+    flags = {"hosts": 0, "networks": m.NFT_SET_INTERVAL, "transit": m.NFT_SET_INTERVAL, "promoted": m.NFT_SET_TIMEOUT}[kind]
     return m.SetSpec(family, flags)
 
 
@@ -110,6 +112,7 @@ class WantGroup:
     cidrs: tuple[str, ...]
     hosts: str
     networks: str
+    transit: str  # empty, but while a network is replaced by an overlapping one: _element_phases
 
 
 @dataclass
@@ -141,7 +144,7 @@ def desired(plan: KernelPlan, log_group: int | None) -> Desired:
         want.counters[counter] = f"refusals of listener {ll.name}"
         for family in ll.families:
             names = {kind: set_name(kind, ll.lid, family) for kind in KINDS}
-            want.groups.append(WantGroup(ll.name, family, ll.refuse_cidrs(family), names["hosts"], names["networks"]))
+            want.groups.append(WantGroup(ll.name, family, ll.refuse_cidrs(family), names["hosts"], names["networks"], names["transit"]))
             for kind in KINDS:
                 want.sets[names[kind]] = WantSet(names[kind], ll.lid, ll.name, kind, family)
                 key = ll.rule_key(kind, family)
@@ -372,6 +375,11 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
     batch = _Batch(KernelDiff("nftables", plan.generation, state.generation()))
     post += _create_sets(want, to_create, state, batch)
     element_msgs: list[nfnl.Message] = []
+    for group in want.groups:  # a transit set left holding elements (an apply cut short)
+        info = t.sets.get(group.transit)
+        if group.transit not in to_create and info is not None and info.count:
+            problems.append(Problem("modified-set", group.transit, f"{info.count} elements left from an interrupted change"))
+            element_msgs.append(m.flush_set(TABLE, group.transit))
     for name, change in batch.changes.items():
         if change is None and name not in to_create:
             problems.append(Problem("modified-set", name, "its size changed behind netpolicy's back; reloading it"))
@@ -411,20 +419,21 @@ class ElementOp:
 
 
 def _element_phases(want: Desired, changes: Changes) -> list[list[ElementOp]]:
-    """The element changes of every hosts/networks pair as one to three transactions, so that an
-    address refused before and after is refused by the same set across each commit.
+    """The element changes of every listener's sets as one to three transactions, so that an
+    address refused before and after is refused by one same set element across each commit.
 
-    Measured on kernel 6.18 (a prober at ~19,000 SYN/s during 200 applies): an address whose
-    entry moves between the hash set and the interval set inside one transaction got through
-    2-4 times per 200 applies; an interval replaced by an overlapping one in the same set (a /25
-    widened to a /24) never did, nor did rules replaced in place. A lookup in one set is
-    consistent; two lookups in two sets can straddle the commit. So the phases are:
+    Measured on kernel 6.18 (``bench/bench_window.py``, a prober at ~16,000 SYN/s): with every
+    change in one transaction, an address whose entry moved between the hash set and the
+    interval set got through 89 times in 1,500 applies, and one whose network was replaced by an
+    overlapping one inside the interval set 2 times in 1,500. The packet path looks an address
+    up in each set in turn, and a commit can fall between two lookups or inside one. So:
 
-    1. hosts added, and hosts removed that the new plan does not refuse otherwise;
-    2. networks removed then added (one set, one step: removals first, as a wider network may
-       replace narrower ones). A transaction of its own only when a network removed here
-       covers a host added in phase 1;
-    3. hosts removed that a network of the new plan now covers.
+    1. hosts added; hosts removed that the new plan does not refuse otherwise; networks that
+       replace overlapping ones copied into the transit set;
+    2. networks removed, then added (removals first: a wider network may replace narrower
+       ones). A transaction of its own when a network removed here covers a host added in
+       phase 1, or replaces one copied to the transit set;
+    3. hosts removed that a network of the new plan now covers; the transit set emptied.
     """
     first: list[ElementOp] = []
     networks: list[ElementOp] = []
@@ -439,15 +448,27 @@ def _element_phases(want: Desired, changes: Changes) -> list[list[ElementOp]]:
                     first += [ElementOp(False, name, kind, change[1]), ElementOp(True, name, kind, change[0])]
             continue
         (h_add, h_remove), (n_add, n_remove) = hosts, nets
-        covered = {start for start, _end in intersecting(_spans(h_remove), _spans(n_add))}
-        h_later = frozenset(iv for iv in h_remove if iv.first in covered)
-        split |= bool(intersecting(_spans(n_remove), _spans(h_add)))
-        first += [ElementOp(True, group.hosts, "hosts", h_add), ElementOp(False, group.hosts, "hosts", h_remove - h_later)]
+        h_later = _overlapping(h_remove, n_add)
+        bridged = _overlapping(n_add, n_remove)
+        split |= bool(bridged or _overlapping(n_remove, h_add))
+        first += [
+            ElementOp(True, group.hosts, "hosts", h_add),
+            ElementOp(False, group.hosts, "hosts", h_remove - h_later),
+            ElementOp(True, group.transit, "transit", bridged),
+        ]
         networks += [ElementOp(False, group.networks, "networks", n_remove), ElementOp(True, group.networks, "networks", n_add)]
-        last.append(ElementOp(False, group.hosts, "hosts", h_later))
+        last += [ElementOp(False, group.hosts, "hosts", h_later), ElementOp(False, group.transit, "transit", bridged)]
     phases = [first, networks, last] if split else [first + networks, last]
     nonempty = [[op for op in phase if op.elements] for phase in phases]
     return nonempty[:1] + [phase for phase in nonempty[1:] if phase]
+
+
+def _overlapping(these: frozenset[Interval], others: frozenset[Interval]) -> frozenset[Interval]:
+    """The intervals of ``these`` that share an address with ``others``."""
+    if not these or not others:
+        return frozenset()
+    hit = {span for span in intersecting(_spans(these), _spans(others))}
+    return frozenset(iv for iv in these if (iv.first, iv.last) in hit)
 
 
 def _spans(intervals: Set[Interval]) -> list[tuple[int, int]]:
@@ -566,7 +587,7 @@ class NftablesBackend(Backend):
         known = self._known_here() if trust_known else None
         for name, info in table.sets.items():
             parsed = _parse_set_name(name)
-            if parsed is None or parsed[0] == "promoted" or not _spec_ok(info, _spec(parsed[0], parsed[1])):
+            if parsed is None or parsed[0] in ("transit", "promoted") or not _spec_ok(info, _spec(parsed[0], parsed[1])):
                 continue
             mine = known.sets.get(name) if known is not None else None
             if known is not None and mine is not None and mine.intervals is not None:
@@ -721,6 +742,8 @@ class NftablesBackend(Backend):
                 if parsed is None:
                     continue
                 kind, family, lid = parsed
+                if kind == "transit":  # holds copies of networks while they are replaced
+                    continue
                 mine = known.sets.get(name) if known is not None else None
                 if kind != "networks" and info.count is not None:
                     count = info.count  # a hash set's count is its number of elements

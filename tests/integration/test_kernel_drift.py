@@ -184,3 +184,17 @@ def test_nftables_fresh_diff_sees_an_element_swapped_for_another(netpair: NetPai
     found = netpair.server.call(lambda: again.diff(plan))
     assert f"+ {BLOCKED_HOST}/32 -> {LISTENER} refuse4" in found.lines()
     assert f"- 192.0.2.99/32 -> {LISTENER} refuse4" in found.lines()
+
+
+def test_nftables_transit_set_left_holding_elements_is_emptied(netpair: NetPair) -> None:
+    """The transit set only holds networks while an apply replaces them; elements found there
+    (an apply cut short, or someone else's) are drift, and the repair empties it."""
+    backend = backend_in(netpair.server, "nftables")
+    plan = make_plan(netpair.server_v4)
+    netpair.server.call(lambda: backend.apply(plan))
+    netpair.server.exec(["nft", "add", "element", "inet", "netpolicy", f"t4_{LISTENER}", "{ 10.9.9.0/24 }"])
+    found = netpair.server.call(lambda: backend.diff(plan))
+    assert f"! modified set: t4_{LISTENER} (1 elements left from an interrupted change)" in found.lines(), found.lines()
+    assert not netpair.server.call(lambda: backend.apply(plan)).in_sync
+    assert netpair.server.call(lambda: backend.diff(plan)).in_sync
+    assert "elements = " not in netpair.server.exec(["nft", "list", "set", "inet", "netpolicy", f"t4_{LISTENER}"]).stdout

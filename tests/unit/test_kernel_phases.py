@@ -1,6 +1,7 @@
 """The order of element changes on nftables: an address refused before and after a re-apply is
-refused by the same set across every commit (the kernel keeps one set's lookup consistent
-across a commit, not two sets' lookups: see ``nftables._element_phases``).
+refused by one same set element across every commit (measured: a commit can fall between the
+lookups of one packet, and a lookup cannot be trusted across a commit that replaces the element
+it would find: see ``nftables._element_phases``).
 
 The transactions are replayed on a model of the hosts and networks sets, over a 64-address
 space so that random plans move addresses between the two sets often."""
@@ -33,8 +34,8 @@ def _phases(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, li
     return want, nft._element_phases(want, changes)
 
 
-def _covering(sets: dict[str, set[Interval]], address: int) -> set[str]:
-    return {name for name, members in sets.items() if any(iv.first <= address <= iv.last for iv in members)}
+def _covering(sets: dict[str, set[Interval]], address: int) -> set[tuple[str, Interval]]:
+    return {(name, iv) for name, members in sets.items() for iv in members if iv.first <= address <= iv.last}
 
 
 def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.ElementOp]]) -> list[str]:
@@ -42,9 +43,10 @@ def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.Eleme
     an address refused before and after the change is not kept by one same set, or where one
     refused by neither plan is refused in between."""
     group = want.groups[0]
-    sets = {group.hosts: set(split_hosts(old)[0]), group.networks: set(split_hosts(old)[1])}
+    sets = {group.hosts: set(split_hosts(old)[0]), group.networks: set(split_hosts(old)[1]), group.transit: set()}
     before_all = {a: _covering(sets, a) for a in range(int(SPACE[0]), int(SPACE[-1]) + 1)}
     final_want = {name: set(members) for name, members in zip((group.hosts, group.networks), split_hosts(want.groups[0].cidrs))}
+    final_want[group.transit] = set()
     after_all = {a: _covering(final_want, a) for a in before_all}
     problems = []
     for number, phase in enumerate(phases):
@@ -61,7 +63,7 @@ def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.Eleme
         for address, was in before.items():
             now = _covering(sets, address)
             if before_all[address] and after_all[address] and not was & now:
-                problems.append(f"commit {number}: {ipaddress.ip_address(address)} not kept by one set")
+                problems.append(f"commit {number}: {ipaddress.ip_address(address)} not kept by one element")
             if now and not (before_all[address] or after_all[address]):
                 problems.append(f"commit {number}: {ipaddress.ip_address(address)} refused by neither plan")
     assert sets == final_want
@@ -77,7 +79,7 @@ def test_replay_catches_a_move_inside_one_transaction() -> None:
         nft.ElementOp(False, group.hosts, "hosts", frozenset(split_hosts(old)[0])),
         nft.ElementOp(True, group.networks, "networks", frozenset(split_hosts(new)[1])),
     ]]
-    assert _replay(want, old, naive) == ["commit 0: 10.0.0.5 not kept by one set"]
+    assert _replay(want, old, naive) == ["commit 0: 10.0.0.5 not kept by one element"]
 
 
 def test_host_to_network_adds_the_network_first() -> None:
@@ -93,12 +95,32 @@ def test_network_to_host_adds_the_host_first() -> None:
 
 
 def test_ordinary_changes_stay_one_transaction() -> None:
-    """Hosts in and out, a network widened in its own set: one commit, as before."""
-    old, new = ("10.0.0.1/32", "10.0.0.16/29"), ("10.0.0.2/32", "10.0.0.16/28")
+    """Hosts in and out, a network added and another removed: one commit."""
+    old, new = ("10.0.0.1/32", "10.0.0.16/29"), ("10.0.0.2/32", "10.0.0.32/29")
     want, phases = _phases(old, new)
     assert len(phases) == 1
     assert [(op.add, op.kind) for op in phases[0]] == [(True, "hosts"), (False, "hosts"), (False, "networks"), (True, "networks")]
     assert _replay(want, old, phases) == []
+
+
+def test_widened_network_is_bridged_by_the_transit_set() -> None:
+    old, new = ("10.0.0.16/29",), ("10.0.0.16/28",)
+    want, phases = _phases(old, new)
+    assert [[(op.add, op.kind) for op in phase] for phase in phases] == [
+        [(True, "transit")], [(False, "networks"), (True, "networks")], [(False, "transit")],
+    ]
+    assert _replay(want, old, phases) == []
+
+
+def test_replay_catches_a_network_swapped_inside_one_transaction() -> None:
+    old, new = ("10.0.0.16/29",), ("10.0.0.16/28",)
+    want, _phases_ = _phases(old, new)
+    group = want.groups[0]
+    naive = [[
+        nft.ElementOp(False, group.networks, "networks", frozenset(split_hosts(old)[1])),
+        nft.ElementOp(True, group.networks, "networks", frozenset(split_hosts(new)[1])),
+    ]]
+    assert len(_replay(want, old, naive)) == 8  # the /29's eight addresses
 
 
 def test_no_change_is_one_empty_transaction() -> None:
