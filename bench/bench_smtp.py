@@ -79,9 +79,7 @@ class _NoDns:
 
 def serve_netpolicy(port: int, workdir: str, workers: int) -> None:
     from netpolicy.hat import build_hat_indexes
-    from netpolicy.maillog import MailLog
     from netpolicy.policy import load_policy
-    from netpolicy.smtp import SmtpListener
 
     policy = load_policy(os.path.join(ROOT, "examples", "policy.yml"))
     model = policy.listener("IncomingMail")

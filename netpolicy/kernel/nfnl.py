@@ -330,9 +330,9 @@ class NfnlSocket:
                 err, text = self._error(payload, flags)
                 if mseq == begin_seq:
                     raise NetlinkError(err or errno_mod.EIO, text, "transaction")
-                index = pending.pop(mseq, None)
-                if index is not None and err and first_error is None:
-                    first_error = (err, text, index)
+                failed = pending.pop(mseq) if mseq in pending else None
+                if failed is not None and err and first_error is None:
+                    first_error = (err, text, failed)
         if first_error:
             err, text, index = first_error
             msg = messages[index]

@@ -362,11 +362,11 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
         replace_rules = True
     to_create: list[str] = []
     for ws in want.sets.values():
-        info = t.sets.get(ws.name)
-        if info is None:
+        have = t.sets.get(ws.name)
+        if have is None:
             problems.append(Problem("missing-set", ws.name))
             to_create.append(ws.name)
-        elif not _spec_ok(info, ws.spec):
+        elif not _spec_ok(have, ws.spec):
             problems.append(Problem("modified-set", ws.name, "type or flags changed"))
             pre.append(m.del_set(TABLE, ws.name))
             to_create.append(ws.name)
@@ -376,9 +376,9 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
     post += _create_sets(want, to_create, state, batch)
     element_msgs: list[nfnl.Message] = []
     for group in want.groups:  # a transit set left holding elements (an apply cut short)
-        info = t.sets.get(group.transit)
-        if group.transit not in to_create and info is not None and info.count:
-            problems.append(Problem("modified-set", group.transit, f"{info.count} elements left from an interrupted change"))
+        transit = t.sets.get(group.transit)
+        if group.transit not in to_create and transit is not None and transit.count:
+            problems.append(Problem("modified-set", group.transit, f"{transit.count} elements left from an interrupted change"))
             element_msgs.append(m.flush_set(TABLE, group.transit))
     for name, change in batch.changes.items():
         if change is None and name not in to_create:

@@ -175,7 +175,7 @@ class SmtpListener:
         self.stats = ListenerStats()
         self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence)
         self._generation = build_generation(listener, hat)
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
 
     @property
     def listener(self) -> Listener:
@@ -221,7 +221,7 @@ class SmtpListener:
         deadline = time.monotonic() + (self._services.limits.stop_grace if grace is None else grace)
         while sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        tasks = []
+        tasks: list[asyncio.Task[None]] = []
         for session in list(sessions):
             transport = session.transport
             if transport is not None and not transport.is_closing():

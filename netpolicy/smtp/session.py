@@ -140,8 +140,8 @@ class PolicySMTP(SMTP):
         self._authenticator = None
         self._auth_callback = None
         self._auth_required = False
-        self._auth_methods = {}
-        self._handle_hooks = {}
+        self._auth_methods: dict[str, Any] = {}
+        self._handle_hooks: dict[str, Any] = {}
         self._ehlo_hook_ver = None
         self._smtp_methods = {name: getattr(self, "smtp_" + name) for name in COMMANDS}
         self._enforce_call_limit = False
