@@ -10,7 +10,7 @@ SYSPKGS := nftables iptables ipset iproute2 tcpdump swaks postfix openssl procps
 VMPKGS  := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client vagrant vagrant-libvirt
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test vm-test sysdeps venv clean
+.PHONY: lint run test vm-test sysdeps venv clean
 
 # `make run` needs only SYSPKGS; the test targets add VMPKGS (target-specific PKGS below).
 PKGS := $(SYSPKGS)
@@ -40,8 +40,13 @@ run: sysdeps venv
 	$(VENV)/bin/netpolicy validate -p $(POLICY)
 	$(VENV)/bin/netpolicy serve -p $(POLICY) --verbose-connections
 
-test: sysdeps venv
+test: sysdeps venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# Type hints are checked, and unused or undefined names fail the build.
+lint: venv
+	$(VENV)/bin/ruff check --select F,E9 netpolicy tests bench
+	$(VENV)/bin/mypy netpolicy
 
 # Only the Ansible/Vagrant/VM tests; fails (instead of skipping) when the machine cannot boot the VM.
 vm-test: sysdeps venv

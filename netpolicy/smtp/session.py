@@ -28,7 +28,7 @@ import re
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
@@ -246,7 +246,7 @@ class PolicySMTP(SMTP):
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        self.transport.abort()
+        cast(asyncio.Transport, self.transport).abort()  # aiosmtpd types it as BaseTransport
 
     def _close(self) -> None:
         if self.transport is not None:
