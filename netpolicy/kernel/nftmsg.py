@@ -8,9 +8,10 @@ so a rule someone edited with ``nft`` shows up as modified.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from netpolicy.kernel import nfnl
@@ -456,6 +457,28 @@ def read_elements(sock: nfnl.NfnlSocket, table: str, set_name: str) -> list[Elem
             key = attrs(e.get(ELEM_KEY, b"")).get(DATA_VALUE, b"")
             exp = get_be64(e, ELEM_EXPIRATION) if ELEM_EXPIRATION in e else None
             out.append(Element(key, get_be32(e, ELEM_FLAGS), exp))
+    return out
+
+
+def missing_elements(sock: nfnl.NfnlSocket, table: str, set_name: str, elements: Sequence[bytes], limit: int) -> list[int] | None:
+    """Positions in ``elements`` of those the set does not hold, found with get requests
+    (``NfnlSocket.ask``), or None once more than ``limit`` are missing."""
+    head = strz(ELIST_TABLE, table) + strz(ELIST_SET, set_name)
+    step = max(1, 60000 // max(len(elements[0]), len(elements[-1]), 64)) if elements else 1
+    out: list[int] = []
+    pos = 0
+    while pos < len(elements):
+        batch = elements[pos : pos + step]
+        answered, err = sock.ask(Message(nfnl.GETSETELEM, FAMILY, head + nest(ELIST_ELEMENTS, b"".join(batch))))
+        if not err:
+            pos += len(batch)
+            continue
+        if err != errno.ENOENT:
+            raise nfnl.NetlinkError(err, "", f"get elements of set {set_name}")
+        if len(out) == limit:
+            return None
+        out.append(pos + answered)
+        pos += answered + 1
     return out
 
 

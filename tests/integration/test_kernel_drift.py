@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from netpolicy.kernel import nftables as nft
 from netpolicy.reconciler import Reconciler
 from tests.integration.kernel_support import (
     BACKENDS, BLOCKED_HOST, LISTENER, PORT, backend_in, listening, make_plan, outcome, wait_for,
@@ -198,3 +199,23 @@ def test_nftables_transit_set_left_holding_elements_is_emptied(netpair: NetPair)
     assert not netpair.server.call(lambda: backend.apply(plan)).in_sync
     assert netpair.server.call(lambda: backend.diff(plan)).in_sync
     assert "elements = " not in netpair.server.exec(["nft", "list", "set", "inet", "netpolicy", f"t4_{LISTENER}"]).stdout
+
+
+def test_nftables_fresh_diff_finds_hosts_missing_without_a_dump(netpair: NetPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process finds the wanted hosts a smaller set lacks by lookups alone; a set
+    holding anything else needs the dump."""
+    backend = backend_in(netpair.server, "nftables")
+    base = make_plan(netpair.server_v4, refuse4=(f"{BLOCKED_HOST}/32", "198.51.100.0/24"))
+    more = make_plan(netpair.server_v4, refuse4=(f"{BLOCKED_HOST}/32", "192.0.2.70/32", "192.0.2.71/32", "198.51.100.0/24"))
+    netpair.server.call(lambda: backend.apply(base))
+    dumped: list[str] = []
+    real = nft.NftablesBackend._read_set
+    monkeypatch.setattr(nft.NftablesBackend, "_read_set", staticmethod(lambda sock, name, kind, family: dumped.append(name) or real(sock, name, kind, family)))
+    again = backend_in(netpair.server, "nftables")
+    found = netpair.server.call(lambda: again.diff(more))
+    assert {f"+ 192.0.2.70/32 -> {LISTENER} refuse4", f"+ 192.0.2.71/32 -> {LISTENER} refuse4"} <= set(found.lines())
+    assert f"h4_{LISTENER}" not in dumped and f"n4_{LISTENER}" in dumped  # networks are always read
+    netpair.server.exec(["nft", "add", "element", "inet", "netpolicy", f"h4_{LISTENER}", "{ 192.0.2.99 }"])
+    third = backend_in(netpair.server, "nftables")
+    found = netpair.server.call(lambda: third.diff(more))
+    assert f"- 192.0.2.99/32 -> {LISTENER} refuse4" in found.lines() and f"h4_{LISTENER}" in dumped
