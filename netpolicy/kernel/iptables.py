@@ -15,9 +15,9 @@ in place for small changes, a filled temporary set swapped in for big ones, so t
 see either the old or the new set. A process that has applied before trusts its record of the
 sets' contents (ipset has no generation counter, and counting a set's entries walks all its
 buckets); its element changes are then strict, so a wrong record shows as a failed add or del
-and the apply starts again from a full read (see ``_read``). Only the legacy backend uses python-iptables: on systems
-where ``iptables`` is iptables-nft, libiptc writes legacy tables the admin's tools do not show,
-which is why ``auto`` never picks this backend there.
+and the apply starts again from a full read (see ``_read``). Only the legacy backend uses
+python-iptables: on systems where ``iptables`` is iptables-nft, libiptc writes legacy tables the
+admin's tools do not show, which is why ``auto`` never picks this backend there.
 
 Verbose connection logging (NFLOG) is not offered here: python-iptables 1.2 corrupts memory
 when an NFLOG target is given a prefix (it segfaults on the next rule), and the prefix is what

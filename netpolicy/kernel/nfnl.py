@@ -199,6 +199,9 @@ class NfnlSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.sock.close()
 
     def _grow(self, force: int, plain: int, size: int) -> None:
@@ -336,11 +339,14 @@ class NfnlSocket:
             raise NetlinkError(err, text, f"transaction message {index} (type {msg.kind})")
 
 
+def chunk_length(items: Sequence[bytes], limit: int) -> int:
+    """How many encoded items go into one blob of at most ``limit`` bytes (attribute lengths
+    are 16 bits). Items are small and of near-equal size, so this is sized from the largest."""
+    return max(1, limit // max(len(items[0]), len(items[-1]), 64)) if items else 1
+
+
 def chunked(items: Sequence[bytes], limit: int) -> Iterator[bytes]:
-    """Concatenate encoded items into blobs of at most ``limit`` bytes (attribute lengths are
-    16 bits). Items are small and of near-equal size, so slices are sized from the largest."""
-    if not items:
-        return
-    step = max(1, limit // max(len(items[0]), len(items[-1]), 64))
+    """Concatenate encoded items into blobs of ``chunk_length`` items each."""
+    step = chunk_length(items, limit)
     for pos in range(0, len(items), step):
         yield b"".join(items[pos : pos + step])

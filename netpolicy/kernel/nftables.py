@@ -430,8 +430,7 @@ def _element_phases(want: Desired, changes: Changes) -> list[list[ElementOp]]:
 
     1. hosts added; hosts removed that the new plan does not refuse otherwise; networks that
        replace overlapping ones copied into the transit set;
-    2. networks removed, then added (removals first: a wider network may replace narrower
-       ones). A transaction of its own when a network removed here covers a host added in
+    2. networks removed, then added (``_replacing``). A transaction of its own when a network removed here covers a host added in
        phase 1, or replaces one copied to the transit set;
     3. hosts removed that a network of the new plan now covers; the transit set emptied.
     """
@@ -444,8 +443,7 @@ def _element_phases(want: Desired, changes: Changes) -> list[list[ElementOp]]:
         if hosts is None or nets is None:  # one set is created or reloaded whole: the other in one step
             for name, change in ((group.hosts, hosts), (group.networks, nets)):
                 if change is not None:
-                    kind = want.sets[name].kind
-                    first += [ElementOp(False, name, kind, change[1]), ElementOp(True, name, kind, change[0])]
+                    first += _replacing(name, want.sets[name].kind, change)
             continue
         (h_add, h_remove), (n_add, n_remove) = hosts, nets
         h_later = _overlapping(h_remove, n_add)
@@ -456,18 +454,23 @@ def _element_phases(want: Desired, changes: Changes) -> list[list[ElementOp]]:
             ElementOp(False, group.hosts, "hosts", h_remove - h_later),
             ElementOp(True, group.transit, "transit", bridged),
         ]
-        networks += [ElementOp(False, group.networks, "networks", n_remove), ElementOp(True, group.networks, "networks", n_add)]
+        networks += _replacing(group.networks, "networks", nets)
         last += [ElementOp(False, group.hosts, "hosts", h_later), ElementOp(False, group.transit, "transit", bridged)]
     phases = [first, networks, last] if split else [first + networks, last]
     nonempty = [[op for op in phase if op.elements] for phase in phases]
     return nonempty[:1] + [phase for phase in nonempty[1:] if phase]
 
 
+def _replacing(name: str, kind: str, change: tuple[frozenset[Interval], frozenset[Interval]]) -> list[ElementOp]:
+    """Removals, then additions, in one step: a wider network may replace narrower ones."""
+    return [ElementOp(False, name, kind, change[1]), ElementOp(True, name, kind, change[0])]
+
+
 def _overlapping(these: frozenset[Interval], others: frozenset[Interval]) -> frozenset[Interval]:
     """The intervals of ``these`` that share an address with ``others``."""
     if not these or not others:
         return frozenset()
-    hit = {span for span in intersecting(_spans(these), _spans(others))}
+    hit = set(intersecting(_spans(these), _spans(others)))
     return frozenset(iv for iv in these if (iv.first, iv.last) in hit)
 
 
@@ -564,7 +567,7 @@ class NftablesBackend(Backend):
 
     def _close_socket(self) -> None:
         if self._sock is not None:
-            self._sock[1].sock.close()
+            self._sock[1].close()
             self._sock = None
 
     # ---- reading -------------------------------------------------------------------------

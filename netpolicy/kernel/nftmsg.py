@@ -223,11 +223,10 @@ def new_rule(table: str, chain: str, exprs: list[Expr], comment: str) -> Message
 
 
 def replace_rule(table: str, chain: str, handle: int, exprs: list[Expr], comment: str) -> Message:
-    """The same rule with a new comment, swapped in place (NLM_F_REPLACE on its handle).
-
-    Re-stamping the generation by deleting every rule and adding it again, even inside one
-    transaction, let about one SYN in 2,000 through on kernel 6.18 (tests/integration/
-    test_kernel_window.py caught it); an in-place replace never leaves the chain without it."""
+    """The same rule with a new comment, swapped in place (NLM_F_REPLACE on its handle): a new
+    generation is stamped without deleting and re-adding every rule. (Session 1 blamed such
+    re-adds for SYNs let through during re-applies; the cause turned out to be set moves, see
+    ``nftables._element_phases``. Replacing in place is still the smaller change.)"""
     body = (
         strz(RULE_TABLE, table) + strz(RULE_CHAIN, chain) + be64(RULE_HANDLE, handle)
         + nest(RULE_EXPRESSIONS, encode_exprs(exprs)) + nfnl.attr(RULE_USERDATA, comment_udata(comment))
@@ -335,12 +334,16 @@ def timeout_element(address: str, seconds: float) -> bytes:
     return nest(LIST_ELEM, nest(ELEM_KEY, nfnl.attr(DATA_VALUE, packed)), be64(ELEM_TIMEOUT, int(seconds * 1000)))
 
 
+# Element lists go into one 16-bit-length attribute per message: at most this many bytes each.
+ELEMENT_BYTES = 60000
+
+
 def element_messages(kind: int, table: str, set_name: str, elements: list[bytes], set_id: int | None = None) -> list[Message]:
     head = strz(ELIST_TABLE, table) + strz(ELIST_SET, set_name)
     if set_id is not None:
         head += be32(ELIST_SET_ID, set_id)
     flags = nfnl.NLM_F_CREATE if kind == nfnl.NEWSETELEM else 0
-    return [Message(kind, FAMILY, head + nest(ELIST_ELEMENTS, blob), flags) for blob in nfnl.chunked(elements, 60000)]
+    return [Message(kind, FAMILY, head + nest(ELIST_ELEMENTS, blob), flags) for blob in nfnl.chunked(elements, ELEMENT_BYTES)]
 
 
 # ---- decoding dumps --------------------------------------------------------------------------
@@ -464,7 +467,7 @@ def missing_elements(sock: nfnl.NfnlSocket, table: str, set_name: str, elements:
     """Positions in ``elements`` of those the set does not hold, found with get requests
     (``NfnlSocket.ask``), or None once more than ``limit`` are missing."""
     head = strz(ELIST_TABLE, table) + strz(ELIST_SET, set_name)
-    step = max(1, 60000 // max(len(elements[0]), len(elements[-1]), 64)) if elements else 1
+    step = nfnl.chunk_length(elements, ELEMENT_BYTES)
     out: list[int] = []
     pos = 0
     while pos < len(elements):

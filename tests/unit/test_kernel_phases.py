@@ -25,13 +25,17 @@ def _plan(refuse4: tuple[str, ...]) -> KernelPlan:
     return KernelPlan("g", (ListenerPlan("IncomingMail", "10.1.0.1", 25, True, refuse4, ()),))
 
 
-def _phases(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, list[list[nft.ElementOp]]]:
+def _changes(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, dict[str, tuple[frozenset[Interval], frozenset[Interval]]]]:
+    """The wanted state for ``new``, and per hosts/networks set: (added, removed) from ``old``."""
     want = nft.desired(_plan(new), None)
     group = want.groups[0]
-    changes: nft.Changes = {}
-    for name, was, wanted in zip((group.hosts, group.networks), split_hosts(old), split_hosts(new)):
-        changes[name] = (frozenset(wanted - was), frozenset(was - wanted))
-    return want, nft._element_phases(want, changes)
+    names = (group.hosts, group.networks)
+    return want, {name: (wanted - was, was - wanted) for name, was, wanted in zip(names, split_hosts(old), split_hosts(new))}
+
+
+def _phases(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, list[list[nft.ElementOp]]]:
+    want, changes = _changes(old, new)
+    return want, nft._element_phases(want, dict(changes))
 
 
 def _covering(sets: dict[str, set[Interval]], address: int) -> set[tuple[str, Interval]]:
@@ -70,15 +74,20 @@ def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.Eleme
     return problems
 
 
+def _one_transaction(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, list[list[nft.ElementOp]]]:
+    """The naive way: each set's removals, then its additions, all in a single commit."""
+    want, changes = _changes(old, new)
+    ops = []
+    for name, (added, removed) in changes.items():
+        kind = want.sets[name].kind
+        ops += [nft.ElementOp(False, name, kind, removed), nft.ElementOp(True, name, kind, added)]
+    return want, [ops]
+
+
 def test_replay_catches_a_move_inside_one_transaction() -> None:
     """The checker itself: the naive single transaction fails it."""
     old, new = ("10.0.0.5/32",), ("10.0.0.0/28",)
-    want, _phases_ = _phases(old, new)
-    group = want.groups[0]
-    naive = [[
-        nft.ElementOp(False, group.hosts, "hosts", frozenset(split_hosts(old)[0])),
-        nft.ElementOp(True, group.networks, "networks", frozenset(split_hosts(new)[1])),
-    ]]
+    want, naive = _one_transaction(old, new)
     assert _replay(want, old, naive) == ["commit 0: 10.0.0.5 not kept by one element"]
 
 
@@ -114,12 +123,7 @@ def test_widened_network_is_bridged_by_the_transit_set() -> None:
 
 def test_replay_catches_a_network_swapped_inside_one_transaction() -> None:
     old, new = ("10.0.0.16/29",), ("10.0.0.16/28",)
-    want, _phases_ = _phases(old, new)
-    group = want.groups[0]
-    naive = [[
-        nft.ElementOp(False, group.networks, "networks", frozenset(split_hosts(old)[1])),
-        nft.ElementOp(True, group.networks, "networks", frozenset(split_hosts(new)[1])),
-    ]]
+    want, naive = _one_transaction(old, new)
     assert len(_replay(want, old, naive)) == 8  # the /29's eight addresses
 
 
