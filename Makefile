@@ -4,25 +4,26 @@
 PYTHON  ?= python3
 VENV    := .venv
 POLICY  ?= examples/policy.yml
-SYSPKGS := nftables iptables ipset iproute2 tcpdump swaks postfix openssl procps
-# The real-VM test (tests/vm, make vm-test) and `vagrant validate`: qemu boots a Debian 12 image
-# that mmdebstrap builds; vagrant-libvirt lets vagrant validate the libvirt provider block.
-VMPKGS  := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client vagrant vagrant-libvirt
 STAMP   := $(VENV)/.installed
 
-.PHONY: lint run test vm-test sysdeps venv clean
+.PHONY: doctor lint run test vm-test sysdeps venv clean
 
-# `make run` needs only SYSPKGS; the test targets add VMPKGS (target-specific PKGS below).
-PKGS := $(SYSPKGS)
-test vm-test: PKGS := $(SYSPKGS) $(VMPKGS)
+# tools/doctor.py holds the one list of Debian packages, each with the capability that proves it
+# is there (swaks with TLS, not just swaks). `make run` needs the "run" rows, the test targets
+# every row; sysdeps installs the packages of the failing checks, doctor names what still fails.
+SCOPE := test
+run: SCOPE := run
 
 sysdeps:
-	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing="$$($(PYTHON) tools/doctor.py --scope $(SCOPE) --packages)"; \
 	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root, or apt-get install them)"; exit 1; fi; \
+		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:" $$missing "(run as root, or apt-get install them)"; exit 1; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+doctor: sysdeps
+	@$(PYTHON) tools/doctor.py --scope $(SCOPE)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,20 +37,20 @@ venv: $(STAMP)
 # As root it pushes TCPREFUSE into the kernel (table inet netpolicy only); without
 # CAP_NET_ADMIN it warns and refuses in userland. Ctrl-C stops it; kernel refusals stay until
 # `.venv/bin/netpolicy flush`.
-run: sysdeps venv
+run: doctor venv
 	$(VENV)/bin/netpolicy validate -p $(POLICY)
 	$(VENV)/bin/netpolicy serve -p $(POLICY) --verbose-connections
 
-test: sysdeps venv lint
+test: doctor venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # Type hints are checked, and unused or undefined names fail the build.
 lint: venv
-	$(VENV)/bin/ruff check --select F,E9 netpolicy tests bench
+	$(VENV)/bin/ruff check --select F,E9 netpolicy tests bench tools
 	$(VENV)/bin/mypy netpolicy
 
 # Only the Ansible/Vagrant/VM tests; fails (instead of skipping) when the machine cannot boot the VM.
-vm-test: sysdeps venv
+vm-test: doctor venv
 	NETPOLICY_VM_TEST=require $(VENV)/bin/pytest -q -p no:cacheprovider -rs tests/vm
 
 clean:
