@@ -7,6 +7,7 @@ See tests/vm/vmlib.py for the network layout. Every playbook output is kept in v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,16 +29,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
 MODE = os.environ.get("NETPOLICY_VM_TEST", "auto")  # auto | require | skip
 SMTP_PORT = 25
-
-
-def _cli_has(command: str) -> bool:
-    proc = subprocess.run([str(vmlib.VENV_BIN / "netpolicy"), command, "--help"], capture_output=True)
-    return proc.returncode == 0
-
-
-HAS_SERVE = _cli_has("serve")
-HAS_DIFF = _cli_has("diff")
-NO_SERVE = "`netpolicy serve` is not in this checkout yet: nothing listens on the VM"
 
 
 @dataclass
@@ -73,35 +64,25 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         vm.boot(os.environ.get("NETPOLICY_VM_ACCEL", "auto"))
         timings["boot"] = vm.boot_seconds
         inventory = vm.write_inventory(wheels)
-        extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
-        fresh_check = vm.playbook(inventory, "--check", "--diff", *extra, name="run0-check-fresh")
+        fresh_check = vm.playbook(inventory, "--check", "--diff", name="run0-check-fresh")
         timings["run0-check-fresh"] = fresh_check.seconds
-        first = vm.playbook(inventory, *extra, name="run1")
+        first = vm.playbook(inventory, name="run1")
         timings["run1"] = first.seconds
-        second = vm.playbook(inventory, *extra, name="run2")
+        second = vm.playbook(inventory, name="run2")
         timings["run2"] = second.seconds
         yield Lab(vm, inventory, fresh_check, first, second, timings)
     finally:
-        with _suppress():
+        # Artifacts for whoever reads a failure or writes the issue note (var/vm-test/).
+        with contextlib.suppress(Exception):
             (vmlib.ARTIFACTS / "console.log").write_text(vm.console.read_text(errors="replace"))
-        with _suppress():
+        with contextlib.suppress(Exception):
             journal = vm.sudo("journalctl -u netpolicy --no-pager -n 200", check=False).stdout
             (vmlib.ARTIFACTS / "netpolicy.journal").write_text(journal)
-        vmlib.log("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        summary = {"accel": vm.accel, "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+        with contextlib.suppress(Exception):
+            (vmlib.ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=2))
+        vmlib.log(json.dumps(summary))
         vm.destroy()
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
-
-
-def _require_serve() -> None:
-    if not HAS_SERVE:
-        pytest.skip(NO_SERVE)
 
 
 def _connect(lab: Lab, source: str, timeout: float = 5.0):
@@ -148,7 +129,6 @@ def test_second_run_changes_nothing(lab: Lab) -> None:
 
 
 def test_serve_runs_as_the_unprivileged_user(lab: Lab) -> None:
-    _require_serve()
     assert lab.vm.ssh("systemctl is-active netpolicy", check=False).stdout.strip() == "active"
     user = lab.vm.ssh("ps -o user= -p $(systemctl show -p MainPID --value netpolicy)").stdout.strip()
     assert user == "netpolicy"
@@ -156,7 +136,6 @@ def test_serve_runs_as_the_unprivileged_user(lab: Lab) -> None:
 
 # ------------------------------------------------------------------------------------ behaviour
 def test_tcprefuse_is_refused_at_syn_by_the_vm_kernel(lab: Lab) -> None:
-    _require_serve()
     from tests.capture import Capture
 
     ruleset = lab.vm.sudo("nft list table inet netpolicy").stdout
@@ -171,7 +150,6 @@ def test_tcprefuse_is_refused_at_syn_by_the_vm_kernel(lab: Lab) -> None:
 
 
 def test_reject_gets_554_banner_then_close(lab: Lab) -> None:
-    _require_serve()
     sock = _connect(lab, REJECTED_SENDER)
     try:
         data = b""
@@ -187,7 +165,6 @@ def test_reject_gets_554_banner_then_close(lab: Lab) -> None:
 
 
 def test_accepted_mail_is_delivered_to_the_maildir(lab: Lab) -> None:
-    _require_serve()
     marker = f"vm-test-{time.time_ns()}"
     client = lab.vm.ns.call(lambda: smtplib.SMTP(VM_ADDRESS, SMTP_PORT, source_address=(ACCEPTED_SENDER, 0), timeout=30))
     try:
@@ -209,7 +186,6 @@ def test_accepted_mail_is_delivered_to_the_maildir(lab: Lab) -> None:
 
 def test_vagrantfile_sender_checks_pass_against_the_vm(lab: Lab) -> None:
     """The Vagrantfile's sender provisioner, run from the namespace that stands in for that VM."""
-    _require_serve()
     if not shutil.which("ruby") or not shutil.which("swaks"):
         pytest.skip("ruby (to read the Vagrantfile) or swaks is not installed")
     scripts = json.loads(subprocess.run(
@@ -234,26 +210,23 @@ def test_broken_policy_never_reaches_the_host(lab: Lab) -> None:
     broken["netpolicy_policy"]["mail_flow_policies"]["BLOCKED"]["behaviour"] = "tcprefuse"  # unknown key
     path = lab.vm.work / "broken.yml"
     path.write_text(yaml.safe_dump(broken, sort_keys=False))
-    extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
     # Straight to the policy task: the steps before it were shown by the first two runs, and each
     # task costs seconds under TCG.
     start = ["--start-at-task", "netpolicy : Write the policy (validated before it replaces the old one)"]
-    run = lab.vm.playbook(lab.inventory, *start, "-e", f"@{path}", *extra, name="broken")
+    run = lab.vm.playbook(lab.inventory, *start, "-e", f"@{path}", name="broken")
     assert run.returncode != 0
     assert run.mx.failed == 1
     assert "failed to validate" in run.output or "failed validation" in run.output, run.output[-3000:]
     assert "behaviour" in run.output  # netpolicy validate names the key (file:line: message)
     assert lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout == before
-    if HAS_SERVE:
-        assert lab.vm.ssh("systemctl is-active netpolicy", check=False).stdout.strip() == "active"
+    assert lab.vm.ssh("systemctl is-active netpolicy", check=False).stdout.strip() == "active"
 
 
 def test_check_mode_shows_policy_diff_and_kernel_change(lab: Lab) -> None:
     changed = lab.vm.work / "changed.yml"
     changed.write_text(yaml.safe_dump(_policy_with(ACCEPTED_SENDER), sort_keys=False))
     before = lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout
-    extra = [] if HAS_SERVE else ["-e", "netpolicy_service_state=stopped", "-e", "netpolicy_verify=false"]
-    run = lab.vm.playbook(lab.inventory, "--check", "--diff", "-e", f"@{changed}", *extra, name="check")
+    run = lab.vm.playbook(lab.inventory, "--check", "--diff", "-e", f"@{changed}", name="check")
     assert run.returncode == 0, run.output[-6000:]
     assert run.mx.changed >= 1
     # Only what the new policy changes reports "changed" (the pip module, for one, must not).
@@ -265,18 +238,14 @@ def test_check_mode_shows_policy_diff_and_kernel_change(lab: Lab) -> None:
     assert set(run.changed_tasks) <= expected, run.changed_tasks
     # --diff: the policy file change, line by line.
     assert re.search(rf"^\+\s+- {re.escape(ACCEPTED_SENDER)}$", run.output, re.M), run.output[-6000:]
-    if HAS_DIFF and HAS_SERVE:
-        # netpolicy diff on the new policy: the kernel would gain the new address.
-        section = run.output.split("Show the kernel change", 1)[1].split("TASK [", 1)[0]
-        assert ACCEPTED_SENDER in section, section
-    else:
-        assert "no diff command" in run.output or "no kernel diff" in run.output
+    # netpolicy diff on the new policy: the kernel would gain the new address.
+    section = run.output.split("Show the kernel change", 1)[1].split("TASK [", 1)[0]
+    assert ACCEPTED_SENDER in section, section
     # Check mode changed nothing on the host.
     assert lab.vm.sudo("sha256sum /etc/netpolicy/policy.yml").stdout == before
 
 
 def test_policy_change_reloads_serve(lab: Lab) -> None:
-    _require_serve()
     changed = lab.vm.work / "changed.yml"
     if not changed.exists():
         changed.write_text(yaml.safe_dump(_policy_with(ACCEPTED_SENDER), sort_keys=False))
@@ -296,17 +265,3 @@ def test_policy_change_reloads_serve(lab: Lab) -> None:
         assert time.monotonic() < deadline, f"{ACCEPTED_SENDER} still reaches the listener after the reload"
         time.sleep(1)
 
-
-def test_report_recaps_and_timings(lab: Lab) -> None:
-    """Not a check: writes var/vm-test/summary.json for the issue note."""
-    summary = {
-        "accel": lab.vm.accel,
-        "timings_s": {k: round(v, 1) for k, v in lab.timings.items()},
-        "run1": lab.first.mx.line,
-        "run2": lab.second.mx.line,
-        "run1_localhost": lab.first.recaps.get("localhost").line if "localhost" in lab.first.recaps else None,
-        "serve": HAS_SERVE,
-        "diff": HAS_DIFF,
-    }
-    (vmlib.ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=2))
-    vmlib.log(json.dumps(summary))
