@@ -130,6 +130,11 @@ class MailLog:
         """A connection answered 421 instead of a banner (max_concurrency)."""
         self.line(f"ICID {icid} Connection refused: {reason}")
 
+    def pregreet(self, icid: int, after: float, first_bytes: bytes) -> None:
+        """A client that talked before the greeting (postscreen's PREGREET), refused with 554;
+        its first bytes are shown escaped so a client cannot forge log lines."""
+        self.line(f"ICID {icid} Connection refused: PREGREET after {after:.3f} s: {ascii(first_bytes)[2:-1]}")
+
     def session_limit(self, icid: int, reason: str) -> None:
         """A session ended by a limit (max_msgs_per_session)."""
         self.line(f"ICID {icid} Session closed: {reason}")

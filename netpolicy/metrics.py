@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from netpolicy.policy.model import split_host_port
+from netpolicy.smtp.fds import FdWatch, open_fds, soft_limit
 from netpolicy.smtp.listener import ListenerStats
 
 
@@ -28,6 +29,7 @@ class DaemonView:
     kernel_refusals: dict[str, int] = field(default_factory=dict)  # listener -> packets
     drift_repairs: Callable[[], int] = lambda: 0
     promotions: dict[str, int] = field(default_factory=dict)
+    fds: FdWatch = field(default_factory=FdWatch)  # shared by every listener of the process
 
 
 class DaemonCollector(Collector):
@@ -42,6 +44,7 @@ class DaemonCollector(Collector):
         conns = CounterMetricFamily("netpolicy_connections", "SMTP connections by HAT decision", labels=["listener", "sender_group", "behavior"])
         msgs = CounterMetricFamily("netpolicy_messages", "Messages by outcome", labels=["listener", "outcome"])
         open_conns = GaugeMetricFamily("netpolicy_open_connections", "Open SMTP connections", labels=["listener"])
+        pregreet = CounterMetricFamily("netpolicy_pregreet_refusals", "Clients refused for talking before the greeting", labels=["listener"])
         for name, stats in v.listeners.items():
             for (group, behavior), n in stats.connections.items():
                 conns.add_metric([name, group, behavior], n)
@@ -49,9 +52,17 @@ class DaemonCollector(Collector):
                                ("tempfailed", stats.messages_temp_failed), ("rejected", stats.messages_rejected)):
                 msgs.add_metric([name, outcome], n)
             open_conns.add_metric([name], stats.open_connections)
+            pregreet.add_metric([name], stats.pregreet)
         yield conns
         yield msgs
         yield open_conns
+        yield pregreet
+        yield GaugeMetricFamily("netpolicy_open_fds", "File descriptors the process has open", value=open_fds())
+        yield GaugeMetricFamily("netpolicy_fd_limit", "RLIMIT_NOFILE soft limit", value=soft_limit())
+        yield GaugeMetricFamily("netpolicy_fd_short", "1 while new connections are refused for want of file descriptors",
+                                value=int(v.fds.short))
+        yield CounterMetricFamily("netpolicy_fd_refusals", "Connections answered 421 for want of file descriptors",
+                                  value=v.fds.refused)
         refusals = CounterMetricFamily("netpolicy_kernel_refusals", "SYNs refused by the kernel", labels=["listener"])
         for name, n in v.kernel_refusals.items():
             refusals.add_metric([name], n)

@@ -166,7 +166,8 @@ class Daemon:
             if name in self.listeners:
                 self.listeners[name].swap_hat(hats[name], listener)
                 continue
-            smtp = SmtpListener(listener, hats[name], self.resolver, self.maillog, on_offence=self._on_offence)
+            smtp = SmtpListener(listener, hats[name], self.resolver, self.maillog, on_offence=self._on_offence,
+                                fds=self.view.fds)
             await smtp.start()
             self.listeners[name] = smtp
             self.view.listeners[name] = smtp.stats

@@ -36,13 +36,15 @@ from netpolicy.maillog import MailLog
 from netpolicy.policy.model import Listener
 from netpolicy.smtp.counters import Counters, InMemoryCounters
 from netpolicy.smtp.delivery import Sink, make_sink
+from netpolicy.smtp.fds import FdWatch
 from netpolicy.smtp.rat import Rat
 from netpolicy.smtp.session import PolicySMTP
 
 log = logging.getLogger("netpolicy.smtp")
 
 OffenceHook = Callable[[str, Decision, str], None]
-"""``on_offence(address, decision, kind)``; kind is "reject", "dhap" or "rate-limit".
+"""``on_offence(address, decision, kind)``; kind is "reject", "dhap", "rate-limit" or
+"pregreet" (the client talked before the greeting).
 
 Called synchronously from the session: it must not block (schedule work, do not await it).
 """
@@ -60,11 +62,6 @@ class SessionLimits:
     recipients_cap: int = 1000  # likewise for max_rcpts_per_msg
     bogus_commands: int = 5  # unknown commands before the connection is dropped
     stop_grace: float = 10.0  # stop(): time given to open sessions before they get 421
-    # Bytes of messages in flight in the whole process (spool.py): 30 senders of 10 MB fit
-    # twice over; past it a message gets 452 4.3.1 and the client keeps it. In memory a
-    # session holds at most 256 KiB of it, the rest is in spool files.
-    inflight_bytes: int = 512 * 1024 * 1024
-    spool_dir: str | None = None  # spool files (nameless: O_TMPFILE); None: $TMPDIR or /tmp
 
 
 @dataclass
@@ -74,6 +71,7 @@ class ListenerStats:
     connections: Counter[tuple[str, str]] = field(default_factory=Counter)  # (group, behaviour)
     open_connections: int = 0
     refused_concurrency: int = 0
+    pregreet: int = 0  # refused for talking before the greeting
     messages_accepted: int = 0  # fully received and handed to the sink
     messages_delivered: int = 0  # the sink (Maildir / next hop) took it: client got 250
     messages_temp_failed: int = 0  # the client got 4xx from the hand-off and keeps the message
@@ -89,6 +87,7 @@ class ListenerStats:
             "connections": {f"{g}/{b}": n for (g, b), n in sorted(self.connections.items())},
             "open_connections": self.open_connections,
             "refused_concurrency": self.refused_concurrency,
+            "pregreet": self.pregreet,
             "messages_accepted": self.messages_accepted,
             "messages_delivered": self.messages_delivered,
             "messages_temp_failed": self.messages_temp_failed,
@@ -120,6 +119,7 @@ class Services:
     stats: ListenerStats
     on_offence: OffenceHook | None
     sessions: set[PolicySMTP] = field(default_factory=set)
+    fds: FdWatch = field(default_factory=FdWatch)  # one per process when serve passes its own
 
     def offence(self, address: str, decision: Decision, kind: str) -> None:
         if self.on_offence is None:
@@ -176,9 +176,11 @@ class SmtpListener:
         counters: Counters | None = None,
         on_offence: OffenceHook | None = None,
         limits: SessionLimits = SessionLimits(),
+        fds: FdWatch | None = None,
     ) -> None:
         self.stats = ListenerStats()
-        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence)
+        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence,
+                                  fds=fds or FdWatch())
         self._generation = build_generation(listener, hat)
         self._server: asyncio.Server | None = None
 

@@ -9,8 +9,8 @@ inherited one accepts bare LF, answers 530 without the enhanced code SPEC.md req
 reads DATA fully into memory before any size check.
 
 What is still aiosmtpd's: the transport and StreamReader plumbing, connection_made/lost (and
-the STARTTLS transport switch inside them), the idle timer, address and parameter parsing,
-STARTTLS itself, NOOP, VRFY and HELP.
+the STARTTLS transport switch inside them; ``eof_received`` is ours), the idle timer,
+parameter parsing (paths are read strictly by ``paths.py``), STARTTLS itself, NOOP, VRFY and HELP.
 
 ``SMTP.__init__`` is not called: per connection it inspects every attribute of the protocol
 and the handler (about 130 µs, a tenth of the budget per message) to build tables this class
@@ -34,9 +34,8 @@ from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from netpolicy.hat import Decision, Resolver
 from netpolicy.policy.effective import expand_text
-from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
-from netpolicy.smtp.lines import BareNewline, LineTooLong, MessageData, read_command, read_message
-from netpolicy.smtp.spool import DATA_FLOOR, Spool, shared_budget
+from netpolicy.smtp.delivery import HandOffError, Reply, Transaction
+from netpolicy.smtp.lines import BareNewline, LineTooLong, read_command, read_message
 
 if TYPE_CHECKING:
     from netpolicy.smtp.listener import Generation, Services
@@ -111,6 +110,9 @@ class PolicySMTP(SMTP):
         self._rcpt_limit = services.limits.recipients_cap
         self._messages = 0
         self._bogus = 0
+        self._greeted = False
+        self._connected_at = self._early_at = 0.0
+        self.early = b""  # what the client sent before our greeting (the first bytes, for the log)
         self._reset_envelope_state()
 
     def _init_aiosmtpd_state(self, hostname: str, timeout: float, line_length: int) -> None:
@@ -157,6 +159,12 @@ class PolicySMTP(SMTP):
     async def _handle_client(self) -> None:
         assert self.session is not None
         services = self.services
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None and not services.fds.admit(sock.fileno()):
+            cast(asyncio.Transport, self.transport).write(f"421 4.3.2 {self.hostname} Too busy, try again later\r\n".encode())
+            self._close()
+            return
+        self._connected_at = self.loop.time()
         services.sessions.add(self)
         services.stats.open_connections += 1
         try:
@@ -170,6 +178,7 @@ class PolicySMTP(SMTP):
                 self.transport.write(f"421 4.3.0 {self.hostname} Error: internal error\r\n".encode())  # type: ignore[attr-defined]
                 self.transport.close()
         finally:
+            self._close()  # the session is over whatever ended it: no socket left in CLOSE-WAIT
             services.sessions.discard(self)
             await self._end_transaction()
             if self._counted:
@@ -230,8 +239,27 @@ class PolicySMTP(SMTP):
             self._size_limit = policy.max_message_size
         if policy.max_rcpts_per_msg is not None:
             self._rcpt_limit = policy.max_rcpts_per_msg
+        if self.early:
+            await self._refuse_pregreet()
+            return False
+        if self._reader.at_eof():
+            return False  # the client left before the greeting
+        self._greeted = True  # checked and set with no await before the banner is written
         await self.push(f"{policy.smtp_banner_code} {self._expand(policy.smtp_banner_text)}")
         return True
+
+    async def _refuse_pregreet(self) -> None:
+        """Postscreen's pregreet test: a client that talks before our 220 (the HAT decision and
+        its DNS lookups included) is not waiting for replies, so none of its commands is run
+        (measured without this test: all 100 commands sent before the banner were executed).
+        It gets 554 and the close, and the offence counts towards the policy's promote_after."""
+        assert self.decision is not None
+        services = self.services
+        services.stats.pregreet += 1
+        services.maillog.pregreet(self.icid, self._early_at - self._connected_at, self.early)
+        services.offence(self.address, self.decision, "pregreet")
+        await self.push(f"554 5.5.1 {self.hostname} Protocol error: commands sent before the greeting")
+        self._close()
 
     def _expand(self, text: str) -> str:
         assert self.decision is not None
@@ -252,6 +280,22 @@ class PolicySMTP(SMTP):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._greeted and not self.early:
+            self.early = data[:64]
+            self._early_at = self.loop.time()
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        """The client sent FIN. aiosmtpd's handler cancels the session task and keeps the
+        transport open, so the socket stays in CLOSE-WAIT until the 300 s idle timer (measured:
+        100 of 100 connect-EHLO-close sessions; 1,282 of 2,000 closing right after QUIT, the QUIT
+        and the FIN arriving together). Here the reader gets EOF instead: what the client sent before
+        its FIN is still answered (that QUIT gets its 221 on the open write side), then the
+        command loop ends and ``_handle_client`` closes the transport. TLS cannot half-close."""
+        keep_open = bool(asyncio.StreamReaderProtocol.eof_received(self))
+        return keep_open and (self.session is None or self.session.ssl is None)
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes silently; a 421 tells the client why (RFC 5321 section 4.5.3.2).
@@ -561,58 +605,34 @@ class PolicySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        limits = self.services.limits
-        budget = shared_budget(limits.inflight_bytes)
-        if budget.free < DATA_FLOOR:
-            # Before the 354, so the client does not send a message only to hear 4xx at its
-            # end; the transaction stays open and DATA may be tried again.
-            self.services.maillog.receiving_failed(self.mid, self.icid, "In-flight Budget Exhausted")
-            await self.push("452 4.3.1 Insufficient system storage, try again later")
-            return
-        spool = Spool(budget, limits.spool_dir)
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._reset_timeout(self.services.limits.data_deadline)  # hard deadline: not reset per line
+        data = await read_message(self._reader, self._size_limit, self.services.limits.line_length)
+        assert self._timeout_handle is not None
+        self._timeout_handle.cancel()  # delivery is bounded by its own timeouts
         try:
-            spool.write(self._received_header())
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
-            self._reset_timeout(limits.data_deadline)  # hard deadline: not reset per line
-            data = await read_message(self._reader, spool, self._size_limit, limits.line_length)
-            assert self._timeout_handle is not None
-            self._timeout_handle.cancel()  # delivery is bounded by its own timeouts
-            try:
-                await self._finish_message(spool, data)
-            finally:
-                self._reset_timeout()
-                await self._end_transaction()
+            await self._finish_message(data.content, data.size, data.problem)
         finally:
-            spool.discard()
+            self._reset_timeout()
+            await self._end_transaction()
 
-    async def _finish_message(self, spool: Spool, data: MessageData) -> None:
+    async def _finish_message(self, content: bytes | None, size: int, problem: str | None) -> None:
         assert self.envelope is not None and self.envelope.mail_from is not None and self.txn is not None
         services = self.services
         maillog = services.maillog
         stats = services.stats
-        problem = data.problem
         if problem == "size":
             stats.messages_too_big += 1
             maillog.receiving_failed(self.mid, self.icid, "Message Size Too Large")
             await self.push(f"552 5.3.4 Message size exceeds fixed maximum message size ({self._size_limit} bytes)")
             return
-        if problem == "line":
+        if content is None:
             maillog.receiving_failed(self.mid, self.icid, "Line Too Long")
             await self.push("500 5.5.2 Error: message line too long (RFC 5321 4.5.3.1.6)")
             return
-        if problem == "nul":
-            maillog.receiving_failed(self.mid, self.icid, "NUL Character")
-            await self.push("554 5.6.0 Message content rejected: NUL character (RFC 5322 text excludes it)")
-            return
-        if problem is not None:  # "busy" or "storage": the client keeps the message and retries
-            refusal = storage_failed(data.error) if data.error is not None else Reply(452, "4.3.1 Insufficient system storage, try again later")
-            stats.messages_temp_failed += 1
-            maillog.receiving_failed(self.mid, self.icid, str(refusal))
-            await self._reply(refusal)
-            return
-        maillog.ready(self.mid, data.size, self.envelope.mail_from)
+        maillog.ready(self.mid, size, self.envelope.mail_from)
         stats.messages_accepted += 1
-        reply = await self.txn.deliver(spool)
+        reply = await self.txn.deliver(self._received_header() + content)
         if reply.ok:
             stats.messages_delivered += 1
             maillog.delivered(self.mid, self.gen.sink.description)
