@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -33,6 +35,7 @@ from typing import Protocol
 import aiosmtplib
 
 from netpolicy.policy.model import Delivery, split_host_port
+from netpolicy.smtp.spool import Spool
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,15 @@ def temporary(text: str) -> Reply:
     return Reply(451, f"4.4.1 {text}")
 
 
+def storage_failed(exc: OSError) -> Reply:
+    """A local write failed: 452 4.3.1 when the disk or quota is full (RFC 5321's "insufficient
+    system storage", RFC 3463's "mail system full": the client retries later, perhaps
+    elsewhere), 451 4.3.0 for any other error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Reply(452, f"4.3.1 Insufficient system storage ({exc.strerror or exc})")
+    return Reply(451, f"4.3.0 Error: cannot store message ({exc.strerror or exc})")
+
+
 class Transaction(Protocol):
     """One client transaction at the sink."""
 
@@ -74,8 +86,11 @@ class Transaction(Protocol):
         """Offer one recipient; 2xx means the sink takes mail for it."""
         ...
 
-    async def deliver(self, content: bytes) -> Reply:
-        """Hand over the message (CRLF lines, unstuffed); 2xx only once it is safe."""
+    async def deliver(self, message: Spool) -> Reply:
+        """Hand over the message (CRLF lines, unstuffed, read in blocks); 2xx only once it is safe.
+
+        The spool stays the caller's: it is discarded after this returns.
+        """
         ...
 
     async def close(self) -> None:
@@ -138,6 +153,19 @@ class _GroupSync:
                     self._cond.notify_all()
 
 
+_OWN_NAME = re.compile(r"\d+\.M\d+P(\d+)Q\d+\.(.+)")  # MaildirSink.write's names: pid and host
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class MaildirSink:
     """Writes each message once into a Maildir (the embedded sink of SPEC.md section 2)."""
 
@@ -151,6 +179,7 @@ class MaildirSink:
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._seq = itertools.count()
         self._new_sync = _GroupSync(self._new)
+        self.removed_leftovers = self._remove_leftovers()
         # Writers wait on the disk, not the CPU: enough threads that concurrent sessions'
         # fsyncs land in the same journal commit (the default pool has only cores + 4).
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maildir")
@@ -158,17 +187,45 @@ class MaildirSink:
     async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
         return _MaildirTransaction(self, sender)
 
-    def write(self, data: bytes) -> str:
-        """Store one message durably; returns its file name. Runs in a worker thread."""
+    def _remove_leftovers(self) -> int:
+        """Remove from tmp/ what a killed writer left: files named by this sink's scheme on
+        this host whose process is gone, and any file older than 36 hours (the Maildir
+        convention's limit for tmp/). A live process's file is never touched: several serve
+        workers, or an old and a new sink across a reload, share one Maildir. A file is in
+        tmp/ only until its rename, and nothing in it was acknowledged, so nothing is lost."""
+        removed = 0
+        cutoff = time.time() - 36 * 3600
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                match = _OWN_NAME.fullmatch(entry.name)
+                try:
+                    stale = entry.stat(follow_symlinks=False).st_mtime < cutoff
+                    if not stale and match is not None and match[2] == self._host:
+                        stale = not _alive(int(match[1]))
+                    if stale:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def write(self, envelope: bytes, message: Spool) -> str:
+        """Store one message durably; returns its file name. Runs in a worker thread.
+
+        Maildir files use LF line ends. Every CR in a message is part of a CRLF (lines.py
+        refuses any other), so dropping each CR converts it block by block, whatever the
+        block boundaries.
+        """
         now = time.time()
         name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._seq)}.{self._host}"
         tmp = os.path.join(self._tmp, name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                for block in itertools.chain((envelope,), (b.replace(b"\r", b"") for b in message.blocks())):
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -193,14 +250,14 @@ class _MaildirTransaction:
         self.recipients.append(address)
         return Reply(250, "2.1.5 Ok")
 
-    async def deliver(self, content: bytes) -> Reply:
-        # Maildir files use LF line ends; the envelope is kept in headers so nothing is lost.
+    async def deliver(self, message: Spool) -> Reply:
+        # The envelope is kept in headers so nothing is lost.
         envelope = f"Return-Path: <{self.sender}>\n" + "".join(f"X-Original-To: <{r}>\n" for r in self.recipients)
-        data = envelope.encode("utf-8", "surrogateescape") + content.replace(b"\r\n", b"\n")
+        data = envelope.encode("utf-8", "surrogateescape")
         try:
-            name = await asyncio.get_running_loop().run_in_executor(self.sink.executor, self.sink.write, data)
+            name = await asyncio.get_running_loop().run_in_executor(self.sink.executor, self.sink.write, data, message)
         except OSError as exc:
-            return Reply(451, f"4.3.0 Error: cannot store message ({exc.strerror or exc})")
+            return storage_failed(exc)
         return Reply(250, f"2.0.0 Ok: stored as {name}")
 
     async def close(self) -> None:
@@ -266,11 +323,11 @@ class _NextHopTransaction:
         # 2xx and 5xx go back verbatim; a 4xx too, so the client retries just that recipient.
         return reply
 
-    async def deliver(self, content: bytes) -> Reply:
+    async def deliver(self, message: Spool) -> Reply:
         if self.broken is not None:
             return self.broken
         try:
-            response = await self.client.data(content)
+            response = await _send_data(self.client, message, self.sink.timeout)
         except aiosmtplib.SMTPResponseException as exc:
             return _passed_on(Reply(exc.code, exc.message), self.sink)
         except _LINK_ERRORS as exc:
@@ -289,6 +346,40 @@ class _NextHopTransaction:
             except (*_LINK_ERRORS, aiosmtplib.SMTPResponseException):
                 pass
         self.client.close()
+
+
+async def _send_data(client: aiosmtplib.SMTP, message: Spool, timeout: float) -> aiosmtplib.SMTPResponse:
+    """DATA with the message streamed block by block, dot-stuffed on the way.
+
+    aiosmtplib (5.1) takes DATA only as one ``bytes``, which it copies twice (line-end
+    normalisation, dot-stuffing) and writes to the transport in one piece: three whole copies
+    per message. This speaks DATA over its protocol object instead, under its command lock, and
+    waits for the socket to drain after each block, so at most about one block is buffered.
+    Raises what ``SMTP.data`` raises (``SMTPDataError`` for a refusal).
+    """
+    protocol = client.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    async with protocol._command_lock:
+        protocol._response_pending = True
+        protocol.write(b"DATA\r\n")
+        start = await protocol.read_response(timeout=timeout)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        at_line_start = True
+        for block in message.blocks():
+            stuffed = block.replace(b"\n.", b"\n..")  # RFC 5321 4.5.2
+            if at_line_start and stuffed[:1] == b".":
+                stuffed = b"." + stuffed
+            at_line_start = block[-1:] == b"\n"
+            protocol.write(stuffed)
+            await asyncio.wait_for(protocol._drain_helper(), timeout)
+        protocol._response_pending = True
+        protocol.write(b".\r\n" if at_line_start else b"\r\n.\r\n")
+        response = await protocol.read_response(timeout=timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:

@@ -9,14 +9,17 @@ anywhere leaves exactly one reading of any stream, so a bare CR or LF is refused
 Memory per connection stays bounded: the StreamReader's limit is the line limit, so asyncio
 pauses the socket once about twice that is buffered (plus at most one socket read); an
 over-long command line is discarded as it arrives; a message is kept only while it is within
-its size limit and free of over-long lines. Past that the rest is read and dropped, so the
-conversation stays in step, and the reply after DATA says why.
+its size limit, free of over-long lines and NUL, and within the process's in-flight budget
+(``spool.py``). Past that the rest is read and dropped, so the conversation stays in step, and
+the reply after DATA says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
+from netpolicy.smtp.spool import BudgetExceeded, Spool
 
 
 class BareNewline(Exception):
@@ -58,9 +61,11 @@ async def _discard_line(reader: asyncio.StreamReader, consumed: int) -> None:
 
 @dataclass(frozen=True)
 class MessageData:
-    content: bytes | None  # the message (CRLF lines, dots unstuffed); None when refused
-    size: int  # bytes the client sent (unstuffed while kept; raw once past the limit)
-    problem: str | None  # None, "size" or "line"
+    """What became of a message read into a spool (the spool holds it when ``problem`` is None)."""
+
+    size: int  # bytes the client sent, dots unstuffed
+    problem: str | None  # None, "size", "line", "nul", "busy" (in-flight budget) or "storage"
+    error: OSError | None = None  # the spool's write error when problem is "storage"
 
 
 def _check_newlines(piece: bytes, cr_pending: bool) -> bool:
@@ -84,21 +89,26 @@ def _check_newlines(piece: bytes, cr_pending: bool) -> bool:
     return ends_cr
 
 
-async def read_message(reader: asyncio.StreamReader, size_limit: int, line_limit: int = 1001) -> MessageData:
-    """Read DATA up to the lone ``.`` line. Raises BareNewline and IncompleteReadError.
+async def read_message(reader: asyncio.StreamReader, spool: Spool, size_limit: int, line_limit: int = 1001) -> MessageData:
+    """Read DATA up to the lone ``.`` line into ``spool``. Raises BareNewline and IncompleteReadError.
 
     The stream is taken in pieces ending at each ``.<CRLF>`` (or whatever the buffer holds when
     none is there yet), not line by line: a typical message costs two reads instead of one per
-    line, and the checks (newlines, line length) run over whole pieces at C speed.
-    ``line_limit`` counts a line with its CRLF (RFC 5321: 1000, plus one stuffed dot).
+    line, and the checks (newlines, line length, NUL) and the unstuffing run over whole pieces
+    at C speed. Each piece goes to the spool as soon as it is unstuffed, so the message is held
+    once. ``line_limit`` counts a line with its CRLF (RFC 5321: 1000, plus one stuffed dot).
+
+    A NUL refuses the message: RFC 5322 text (and RFC 6152's 8bit data) excludes it, and a
+    stored NUL truncates the message for any C-string consumer downstream; stripping it would
+    alter what the sender signed (DKIM), so the sender hears why instead (Postfix does the same
+    with ``message_reject_characters = \\0``).
     """
-    kept = bytearray()
     size = 0
     problem: str | None = None
+    error: OSError | None = None
     cr_pending = False  # the previous piece ended in CR
     at_line_start = True  # the next byte starts a line
     run = 0  # length of the line still open at the end of the previous piece
-    stuffed = 0  # dots the client added (they do not count towards the size)
     while True:
         try:
             piece = await reader.readuntil(b".\r\n")
@@ -113,30 +123,34 @@ async def read_message(reader: asyncio.StreamReader, size_limit: int, line_limit
         else:
             tail = piece
             end = False
-        size += len(tail)
-        if problem is None and tail:
-            first_lf = tail.find(b"\n")
-            if run + (first_lf + 1 if first_lf >= 0 else len(tail)) > line_limit or (
-                len(tail) > line_limit and max(map(len, tail.split(b"\n"))) >= line_limit
-            ):
-                problem = "line"
+        if tail:
+            # Unstuff (RFC 5321 4.5.2): a dot that starts a line was added by the client.
+            text = tail.replace(b"\n.", b"\n")
+            if at_line_start and text[:1] == b".":
+                text = text[1:]
+            size += len(text)
+            if problem is None:
+                first_lf = tail.find(b"\n")
+                if run + (first_lf + 1 if first_lf >= 0 else len(tail)) > line_limit or (
+                    len(tail) > line_limit and max(map(len, tail.split(b"\n"))) >= line_limit
+                ):
+                    problem = "line"
+                elif size > size_limit:
+                    problem = "size"
+                elif b"\0" in text:
+                    problem = "nul"
+                else:
+                    try:
+                        spool.write(text)
+                    except BudgetExceeded:
+                        problem = "busy"
+                    except OSError as exc:
+                        problem, error = "storage", exc
+                if problem is not None:
+                    spool.discard()
             last_lf = tail.rfind(b"\n")
             run = run + len(tail) if last_lf < 0 else len(tail) - last_lf - 1
-        if problem is None:
-            kept += tail
-            stuffed += tail.count(b"\n.") + (at_line_start and tail[:1] == b".")
-            if len(kept) - stuffed > size_limit:
-                problem = "size"
-        if problem is not None:
-            kept.clear()
         if end:
             break
         at_line_start = piece[-1:] == b"\n"
-    if problem is not None:
-        return MessageData(None, size, problem)
-    content = bytes(kept).replace(b"\r\n.", b"\r\n")
-    if content[:1] == b".":
-        content = content[1:]
-    if len(content) > size_limit:
-        return MessageData(None, len(content), "size")
-    return MessageData(content, len(content), None)
+    return MessageData(size, problem, error)

@@ -62,6 +62,11 @@ class SessionLimits:
     recipients_cap: int = 1000  # likewise for max_rcpts_per_msg
     bogus_commands: int = 5  # unknown commands before the connection is dropped
     stop_grace: float = 10.0  # stop(): time given to open sessions before they get 421
+    # Bytes of messages in flight in the whole process (spool.py): 30 senders of 10 MB fit
+    # twice over; past it a message gets 452 4.3.1 and the client keeps it. In memory a
+    # session holds at most 256 KiB of it, the rest is in spool files.
+    inflight_bytes: int = 512 * 1024 * 1024
+    spool_dir: str | None = None  # spool files (nameless: O_TMPFILE); None: $TMPDIR or /tmp
 
 
 @dataclass

@@ -34,8 +34,9 @@ from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from netpolicy.hat import Decision, Resolver
 from netpolicy.policy.effective import expand_text
-from netpolicy.smtp.delivery import HandOffError, Reply, Transaction
-from netpolicy.smtp.lines import BareNewline, LineTooLong, read_command, read_message
+from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
+from netpolicy.smtp.lines import BareNewline, LineTooLong, MessageData, read_command, read_message
+from netpolicy.smtp.spool import DATA_FLOOR, Spool, shared_budget
 
 if TYPE_CHECKING:
     from netpolicy.smtp.listener import Generation, Services
@@ -605,34 +606,58 @@ class PolicySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self._reset_timeout(self.services.limits.data_deadline)  # hard deadline: not reset per line
-        data = await read_message(self._reader, self._size_limit, self.services.limits.line_length)
-        assert self._timeout_handle is not None
-        self._timeout_handle.cancel()  # delivery is bounded by its own timeouts
+        limits = self.services.limits
+        budget = shared_budget(limits.inflight_bytes)
+        if budget.free < DATA_FLOOR:
+            # Before the 354, so the client does not send a message only to hear 4xx at its
+            # end; the transaction stays open and DATA may be tried again.
+            self.services.maillog.receiving_failed(self.mid, self.icid, "In-flight Budget Exhausted")
+            await self.push("452 4.3.1 Insufficient system storage, try again later")
+            return
+        spool = Spool(budget, limits.spool_dir)
         try:
-            await self._finish_message(data.content, data.size, data.problem)
+            spool.write(self._received_header())
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            self._reset_timeout(limits.data_deadline)  # hard deadline: not reset per line
+            data = await read_message(self._reader, spool, self._size_limit, limits.line_length)
+            assert self._timeout_handle is not None
+            self._timeout_handle.cancel()  # delivery is bounded by its own timeouts
+            try:
+                await self._finish_message(spool, data)
+            finally:
+                self._reset_timeout()
+                await self._end_transaction()
         finally:
-            self._reset_timeout()
-            await self._end_transaction()
+            spool.discard()
 
-    async def _finish_message(self, content: bytes | None, size: int, problem: str | None) -> None:
+    async def _finish_message(self, spool: Spool, data: MessageData) -> None:
         assert self.envelope is not None and self.envelope.mail_from is not None and self.txn is not None
         services = self.services
         maillog = services.maillog
         stats = services.stats
+        problem = data.problem
         if problem == "size":
             stats.messages_too_big += 1
             maillog.receiving_failed(self.mid, self.icid, "Message Size Too Large")
             await self.push(f"552 5.3.4 Message size exceeds fixed maximum message size ({self._size_limit} bytes)")
             return
-        if content is None:
+        if problem == "line":
             maillog.receiving_failed(self.mid, self.icid, "Line Too Long")
             await self.push("500 5.5.2 Error: message line too long (RFC 5321 4.5.3.1.6)")
             return
-        maillog.ready(self.mid, size, self.envelope.mail_from)
+        if problem == "nul":
+            maillog.receiving_failed(self.mid, self.icid, "NUL Character")
+            await self.push("554 5.6.0 Message content rejected: NUL character (RFC 5322 text excludes it)")
+            return
+        if problem is not None:  # "busy" or "storage": the client keeps the message and retries
+            refusal = storage_failed(data.error) if data.error is not None else Reply(452, "4.3.1 Insufficient system storage, try again later")
+            stats.messages_temp_failed += 1
+            maillog.receiving_failed(self.mid, self.icid, str(refusal))
+            await self._reply(refusal)
+            return
+        maillog.ready(self.mid, data.size, self.envelope.mail_from)
         stats.messages_accepted += 1
-        reply = await self.txn.deliver(self._received_header() + content)
+        reply = await self.txn.deliver(spool)
         if reply.ok:
             stats.messages_delivered += 1
             maillog.delivered(self.mid, self.gen.sink.description)

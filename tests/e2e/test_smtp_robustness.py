@@ -130,7 +130,7 @@ async def test_memory_stays_bounded_for_an_endless_line(smtp_pair: NetPair, tmp_
 
 
 async def test_internal_error_answers_421_never_250(smtp_pair: NetPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: MaildirSink, data: bytes) -> str:
+    def broken(self: MaildirSink, *args: object) -> str:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(MaildirSink, "write", broken)
