@@ -24,7 +24,6 @@ import asyncio
 import concurrent.futures
 import errno
 import itertools
-import logging
 import os
 import re
 import socket
@@ -37,8 +36,6 @@ import aiosmtplib
 
 from netpolicy.policy.model import Delivery, split_host_port
 from netpolicy.smtp.spool import Spool
-
-log = logging.getLogger("netpolicy.smtp")
 
 
 @dataclass(frozen=True)
@@ -182,9 +179,7 @@ class MaildirSink:
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._seq = itertools.count()
         self._new_sync = _GroupSync(self._new)
-        removed = self._remove_leftovers()
-        if removed:
-            log.warning("%s: removed %d file(s) a killed writer left in tmp/", self.description, removed)
+        self.removed_leftovers = self._remove_leftovers()
         # Writers wait on the disk, not the CPU: enough threads that concurrent sessions'
         # fsyncs land in the same journal commit (the default pool has only cores + 4).
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maildir")
@@ -291,24 +286,27 @@ class NextHopSink:
             local_hostname=self.helo_name, start_tls=False,
         )
         try:
-            await client.connect()
             try:
-                await client.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await client.helo()
-            options = [f"SIZE={size}"] if size is not None and client.supports_extension("size") else []
-            if eight_bit and client.supports_extension("8bitmime"):
-                options.append("BODY=8BITMIME")
-            reply = _reply(await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">", *(o.encode() for o in options)))
-        except aiosmtplib.SMTPResponseException as exc:
+                await client.connect()
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+                options = [f"SIZE={size}"] if size is not None and client.supports_extension("size") else []
+                if eight_bit and client.supports_extension("8bitmime"):
+                    options.append("BODY=8BITMIME")
+                reply = _reply(await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">", *(o.encode() for o in options)))
+            except aiosmtplib.SMTPResponseException as exc:
+                raise HandOffError(temporary(f"Next hop {self.host}:{self.port} refused the connection: {exc.code} {exc.message}")) from None
+            except _LINK_ERRORS as exc:
+                raise HandOffError(temporary(f"Next hop {self.host}:{self.port} unreachable ({_describe(exc)})")) from None
+            if not reply.ok:
+                raise HandOffError(_passed_on(reply, self))
+        except BaseException:
+            # Whatever ends it (aiosmtplib's ValueError for a control character, a cancelled
+            # session), the connection goes too: 20 such sessions left 20 connections open.
             client.close()
-            raise HandOffError(temporary(f"Next hop {self.host}:{self.port} refused the connection: {exc.code} {exc.message}")) from None
-        except _LINK_ERRORS as exc:
-            client.close()
-            raise HandOffError(temporary(f"Next hop {self.host}:{self.port} unreachable ({_describe(exc)})")) from None
-        if not reply.ok:
-            client.close()
-            raise HandOffError(_passed_on(reply, self))
+            raise
         return _NextHopTransaction(self, client)
 
 
@@ -325,6 +323,9 @@ class _NextHopTransaction:
             reply = _reply(await self.client.execute_command(b"RCPT", b"TO:<" + address.encode("utf-8", "surrogateescape") + b">"))
         except _LINK_ERRORS as exc:
             return self._break(exc)
+        except BaseException as exc:
+            self._break(exc)  # where the conversation stands is unknown: no QUIT, just close
+            raise
         # 2xx and 5xx go back verbatim; a 4xx too, so the client retries just that recipient.
         return reply
 
@@ -345,12 +346,15 @@ class _NextHopTransaction:
         return self.broken
 
     async def close(self) -> None:
-        if self.broken is None and self.client.is_connected:
-            try:
+        """QUIT politely if the conversation is sound; the connection is closed in any case
+        (also when this is cancelled while the next hop is slow to answer the QUIT)."""
+        try:
+            if self.broken is None and self.client.is_connected:
                 await asyncio.wait_for(self.client.quit(), min(self.sink.timeout, 5))
-            except (*_LINK_ERRORS, aiosmtplib.SMTPResponseException):
-                pass
-        self.client.close()
+        except (*_LINK_ERRORS, aiosmtplib.SMTPResponseException):
+            pass
+        finally:
+            self.client.close()
 
 
 async def _send_data(client: aiosmtplib.SMTP, message: Spool, timeout: float) -> aiosmtplib.SMTPResponse:

@@ -24,7 +24,6 @@ import asyncio
 import email.utils
 import ipaddress
 import logging
-import re
 import socket
 import struct
 import time
@@ -36,6 +35,7 @@ from netpolicy.hat import Decision, Resolver
 from netpolicy.policy.effective import expand_text
 from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
 from netpolicy.smtp.lines import BareNewline, LineTooLong, MessageData, read_command, read_message
+from netpolicy.smtp.paths import parse_path
 from netpolicy.smtp.spool import DATA_FLOOR, Spool, shared_budget
 
 if TYPE_CHECKING:
@@ -47,9 +47,6 @@ log = logging.getLogger("netpolicy.smtp")
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "STARTTLS")
 _LINGER_ZERO = struct.pack("ii", 1, 0)
-# The common path forms, <dot-atom@domain> and <>, parsed without the email package's full
-# RFC 5322 parser (a tenth of a millisecond per address); anything else goes to aiosmtpd's.
-_SIMPLE_PATH = re.compile(r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)?)>(?:\s+(.*))?\Z")
 
 
 def client_address(peer: Any) -> str:
@@ -452,7 +449,7 @@ class PolicySMTP(SMTP):
             await self.push(f"421 4.7.0 {self.hostname} Too many messages in this session (limit {limit})")
             self._close()
             return
-        parsed = self._parse_path("FROM:", arg, allow_null=True)
+        parsed = self._parse_path("FROM:", arg)
         if isinstance(parsed, str):
             await self.push(parsed)
             return
@@ -493,25 +490,25 @@ class PolicySMTP(SMTP):
         self.envelope.mail_from = sender
         await self.push("250 2.1.0 Ok")
 
-    def _parse_path(self, keyword: str, arg: str | None, allow_null: bool) -> tuple[str, dict[str, str | bool]] | str:
-        """``(address, params)`` of a MAIL/RCPT argument, or the error reply."""
+    def _parse_path(self, keyword: str, arg: str | None) -> tuple[str, dict[str, str | bool]] | str:
+        """``(address, params)`` of a MAIL/RCPT argument, or the error reply.
+
+        The path is read by RFC 5321's grammar (``paths.py``), with the replies Postfix gives
+        under ``strict_rfc821_envelopes``: no brackets, an unclosed ``<``, a control
+        character or anything else outside the grammar is ``501 5.1.7`` (sender) or
+        ``501 5.1.3`` (recipient). Spaces, and only spaces, may follow the colon.
+        """
         assert self.session is not None
-        syntax = f"501 5.5.4 Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address>"
-        rest = self._strip_command_keyword(keyword, arg or "")
-        if not rest:
+        mail = keyword == "FROM:"
+        syntax = f"501 5.5.4 Syntax: {'MAIL FROM' if mail else 'RCPT TO'}:<address>"
+        arg = arg or ""
+        rest = arg[len(keyword):].lstrip(" ")
+        if arg[:len(keyword)].upper() != keyword or not rest:
             return syntax
-        simple = _SIMPLE_PATH.match(rest)
-        if simple is not None:
-            address, tail = simple.group(1) or "", simple.group(2) or ""
-            if not address and not allow_null:
-                return syntax
-        else:
-            found, tail_or_none = self._getaddr(rest)
-            if found is None:
-                return "553 5.1.3 Error: malformed address"
-            if not found:
-                return syntax
-            address, tail = found, tail_or_none or ""
+        parsed = parse_path(rest, reverse=mail)
+        if parsed is None:
+            return "501 5.1.7 Bad sender address syntax" if mail else "501 5.1.3 Bad recipient address syntax"
+        address, tail = parsed
         options = tail.upper().split()
         if options and not self.session.extended_smtp:
             return syntax
@@ -530,7 +527,7 @@ class PolicySMTP(SMTP):
         if not self.mid:
             await self.push("503 5.5.1 Error: need MAIL command")
             return
-        parsed = self._parse_path("TO:", arg, allow_null=False)
+        parsed = self._parse_path("TO:", arg)
         if isinstance(parsed, str):
             await self.push(parsed)
             return
