@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import errno
 import itertools
+import logging
 import os
 import re
 import socket
@@ -36,6 +37,8 @@ import aiosmtplib
 
 from netpolicy.policy.model import Delivery, split_host_port
 from netpolicy.smtp.spool import Spool
+
+log = logging.getLogger("netpolicy.smtp")
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,9 @@ class MaildirSink:
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._seq = itertools.count()
         self._new_sync = _GroupSync(self._new)
-        self.removed_leftovers = self._remove_leftovers()
+        removed = self._remove_leftovers()
+        if removed:
+            log.warning("%s: removed %d file(s) a killed writer left in tmp/", self.description, removed)
         # Writers wait on the disk, not the CPU: enough threads that concurrent sessions'
         # fsyncs land in the same journal commit (the default pool has only cores + 4).
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maildir")
