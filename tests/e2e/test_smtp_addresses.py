@@ -25,6 +25,8 @@ from tests.netns import NetPair
 __all__ = ["smtp_pair"]
 
 CONTROLS = ("\x00", "\x01")
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"  # Postfix's replies under strict_rfc821_envelopes
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 
 
 @dataclass
@@ -79,10 +81,6 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-BAD_SENDER = "501 5.1.7 Bad sender address syntax"  # Postfix's replies under strict_rfc821_envelopes
-BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
-
-
 @pytest.mark.parametrize("char", CONTROLS)
 async def test_control_characters_in_maildir_mode(smtp_pair: NetPair, tmp_path: Path, char: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
@@ -122,7 +120,7 @@ async def test_control_characters_leave_no_next_hop_connection(smtp_pair: NetPai
     await hop.stop()
 
 
-async def test_next_hop_sink_closes_its_connection_on_any_exception(tmp_path: Path) -> None:
+async def test_next_hop_sink_closes_its_connection_on_any_exception() -> None:
     """The sink's own guard, whatever the session does: aiosmtplib raising at MAIL or RCPT."""
     hop = CountingHop()
     sink = NextHopSink(await hop.start(), 5, "mx.example.test")
@@ -138,7 +136,7 @@ async def test_next_hop_sink_closes_its_connection_on_any_exception(tmp_path: Pa
     await hop.stop()
 
 
-async def test_cancelled_quit_still_closes(tmp_path: Path) -> None:
+async def test_cancelled_quit_still_closes() -> None:
     hop = CountingHop(mute_quit=True)
     sink = NextHopSink(await hop.start(), 5, "mx.example.test")
     txn = await sink.open("s@x.test", None)
