@@ -111,6 +111,10 @@ class Sink(Protocol):
         """
         ...
 
+    async def close(self) -> None:
+        """Release what the sink owns (threads); called once no session uses it any more."""
+        ...
+
 
 # --- Maildir -------------------------------------------------------------------------------
 
@@ -191,6 +195,10 @@ class MaildirSink:
 
     async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
         return _MaildirTransaction(self, sender)
+
+    async def close(self) -> None:
+        # Writes already submitted finish (each was promised a reply); the threads then exit.
+        await asyncio.to_thread(self.executor.shutdown, wait=True)
 
     def _remove_leftovers(self) -> int:
         """Remove from tmp/ what a killed writer left: files named by this sink's scheme on
@@ -282,6 +290,9 @@ class NextHopSink:
         self.timeout = timeout
         self.helo_name = helo_name
         self.description = f"next hop {next_hop}"
+
+    async def close(self) -> None:
+        """Nothing to release: each transaction owns (and closes) its own connection."""
 
     async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
         # No STARTTLS towards the next hop: it is a local content filter or MTA, named by

@@ -26,9 +26,8 @@ import asyncio
 import logging
 import socket
 import ssl
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from netpolicy.hat import Decision, HatIndex, Resolver
@@ -113,6 +112,40 @@ class Generation:
     tls_context: ssl.SSLContext | None
 
 
+class OpenSessions:
+    """The sessions of one listener, with an event that is set whenever there are none, so
+    ``stop()`` wakes the moment the last one ends instead of polling."""
+
+    def __init__(self) -> None:
+        self._sessions: set[PolicySMTP] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, session: PolicySMTP) -> None:
+        self._sessions.add(session)
+        self._empty.clear()
+
+    def discard(self, session: PolicySMTP) -> None:
+        self._sessions.discard(session)
+        if not self._sessions:
+            self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[PolicySMTP]:
+        return iter(list(self._sessions))
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no session is open, at most ``timeout`` seconds; True if none is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
 @dataclass
 class Services:
     """What sessions share across generations."""
@@ -123,7 +156,7 @@ class Services:
     limits: SessionLimits
     stats: ListenerStats
     on_offence: OffenceHook | None
-    sessions: set[PolicySMTP] = field(default_factory=set)
+    sessions: "OpenSessions" = field(default_factory=lambda: OpenSessions())
     fds: FdWatch = field(default_factory=FdWatch)  # one per process when serve passes its own
 
     def offence(self, address: str, decision: Decision, kind: str) -> None:
@@ -188,6 +221,7 @@ class SmtpListener:
                                   fds=fds or FdWatch())
         self._generation = build_generation(listener, hat)
         self._server: asyncio.Server | None = None
+        self._retired_sinks: list[Sink] = []
 
     @property
     def listener(self) -> Listener:
@@ -221,7 +255,10 @@ class SmtpListener:
         old = self._generation.listener
         if (listener.name, listener.address, listener.port) != (old.name, old.address, old.port):
             raise ValueError("name, address and port cannot change on reload; start a new listener")
-        self._generation = build_generation(listener, hat, self._generation)
+        previous = self._generation
+        self._generation = build_generation(listener, hat, previous)
+        if self._generation.sink is not previous.sink:
+            self._retired_sinks.append(previous.sink)  # sessions of the old generation may still use it
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, give open sessions ``grace`` seconds, then end them with 421."""
@@ -230,11 +267,9 @@ class SmtpListener:
             await self._server.wait_closed()
             self._server = None
         sessions = self._services.sessions
-        deadline = time.monotonic() + (self._services.limits.stop_grace if grace is None else grace)
-        while sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await sessions.drained(self._services.limits.stop_grace if grace is None else grace)
         tasks: list[asyncio.Task[None]] = []
-        for session in list(sessions):
+        for session in sessions:
             transport = session.transport
             if transport is not None and not transport.is_closing():
                 transport.write(f"421 4.3.2 {session.hostname} Service shutting down\r\n".encode())  # type: ignore[attr-defined]
@@ -243,3 +278,6 @@ class SmtpListener:
                 tasks.append(session._handler_coroutine)
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        for sink in (*self._retired_sinks, self._generation.sink):
+            await sink.close()
+        self._retired_sinks.clear()
