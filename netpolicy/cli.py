@@ -262,12 +262,15 @@ def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hos
 @click.option("--verbose-connections", is_flag=True, help="Log each kernel refusal as ICID 0 TCPREFUSE (via NFLOG).")
 @click.option("--metrics", metavar="ADDR:PORT", help="Expose Prometheus metrics there.")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60), help="Reconciler and file-watch interval (s).")
-def serve(policy_path: str, backend: str, mail_log: str | None, verbose_connections: bool, metrics: str | None, interval: float) -> None:
+@click.option("--full-sync", "full_sync", metavar="SECONDS", default=300.0, show_default=True, type=click.FloatRange(1, 86400),
+              help="Read everything netpolicy owns in the kernel this often, not only set sizes (drift that keeps a set's size).")
+def serve(policy_path: str, backend: str, mail_log: str | None, verbose_connections: bool, metrics: str | None, interval: float,
+          full_sync: float) -> None:
     """Listeners and kernel on one policy generation; SIGHUP or a file change reloads."""
     from netpolicy.serve import ServeOptions
     from netpolicy.serve import serve as run_daemon
 
-    options = ServeOptions(policy_path, backend, mail_log, verbose_connections, metrics, interval, interval)
+    options = ServeOptions(policy_path, backend, mail_log, verbose_connections, metrics, interval, interval, full_sync)
     sys.exit(run_daemon(options))
 
 

@@ -41,8 +41,8 @@ from netpolicy.metrics import DaemonView, Metrics
 from netpolicy.nflog import NflogReader
 from netpolicy.plan import KernelPlan
 from netpolicy.policy import Policy, PolicyError, load_policy
-from netpolicy.promotion import OffenceTracker
-from netpolicy.reconciler import Reconciler
+from netpolicy.kernel.promotion import OffenceTracker
+from netpolicy.kernel.reconciler import Reconciler
 from netpolicy.sdnotify import notify
 from netpolicy.smtp.listener import SmtpListener
 
@@ -60,6 +60,7 @@ class ServeOptions:
     metrics: str | None = None
     reconcile_interval: float = 1.0
     watch_interval: float = 1.0
+    full_sync: float = 300.0  # seconds between full reads of the kernel (see Reconciler)
 
 
 def _file_signature(path: str) -> tuple[int, int, float] | None:
@@ -99,7 +100,7 @@ class Daemon:
         self._select_backend()
         plan = compile_policy(policy)
         if self.backend is not None:
-            self.reconciler = Reconciler(self.backend, plan)
+            self.reconciler = Reconciler(self.backend, plan, full_sync=self.options.full_sync)
             reconciler = self.reconciler
             self.view.drift_repairs = lambda: reconciler.repairs
             try:

@@ -191,6 +191,7 @@ class NfnlSocket:
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
             self._grow(SO_RCVBUFFORCE, socket.SO_RCVBUF, bufsize)
+            self._buf = bytearray(1 << 16)  # answers to gets (ask_expecting): one element each
         except BaseException:
             self.sock.close()
             raise
@@ -295,6 +296,34 @@ class NfnlSocket:
                 if mtype == NLMSG_ERROR:
                     return answers, self._error(payload, flags)[0]
                 answers += 1
+
+    def ask_expecting(self, request: Message, tails: Sequence[bytes], start: int) -> tuple[int, int, bool]:
+        """Like ``ask``, and whether the answers, in order, end with ``tails[start]``,
+        ``tails[start + 1]``... (``ok``): (answers, errno, ok).
+
+        One answer arrives per datagram, millions of them for a big set, so they are received
+        into one buffer and compared in place: no copy, no parsing (~1 us each instead of ~5)."""
+        seq = next(_seq)
+        self.sock.send(Message(request.kind, request.family, request.body, request.flags | NLM_F_ACK).encode(seq))
+        buf = self._buf
+        view = memoryview(buf)
+        unpack = _HDR.unpack_from
+        recv_into = self.sock.recv_into
+        answers, ok, limit = 0, True, len(tails)
+        while True:
+            size = recv_into(buf)
+            pos = 0
+            while pos + 16 <= size:
+                length, kind, flags, mseq, _pid = unpack(buf, pos)
+                end = pos + length
+                if mseq == seq:
+                    if kind == NLMSG_ERROR:
+                        return answers, self._error(view[pos + 16 : end], flags)[0], ok
+                    index = start + answers
+                    if ok and (index >= limit or view[end - len(tails[index]) : end] != tails[index]):
+                        ok = False
+                    answers += 1
+                pos += (length + 3) & ~3
 
     def genid(self) -> int:
         """The ruleset generation: the kernel bumps it on every committed transaction."""

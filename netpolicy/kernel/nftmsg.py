@@ -485,6 +485,57 @@ def missing_elements(sock: nfnl.NfnlSocket, table: str, set_name: str, elements:
     return out
 
 
+def interval_lookups(intervals: Sequence[Interval]) -> tuple[list[bytes], list[bytes]]:
+    """Get requests proving that an interval set holds ``intervals`` as they are, and the
+    answers that prove it (the ``ELIST_ELEMENTS`` attribute ending each answer, in order).
+
+    Per interval, two lookups: its last address, which an interval (rbtree) set answers with
+    the closest element at or below it, so only the interval's own start element there shows
+    that no element lies inside it; then its end key flagged INTERVAL_END, answered only by
+    that end element itself (none for an interval running to the family's last address).
+    With the set's count equal to the number of intervals (the kernel counts start elements),
+    no other interval can be there. An end element alone in a gap cannot be seen, and
+    changes no lookup's result.
+    """
+    queries: list[bytes] = []
+    answers: list[bytes] = []
+    query, answer = queries.append, answers.append
+    for version, first, last in intervals:
+        alen = 4 if version == 4 else 16
+        query(_PREFIX[alen, False] + last.to_bytes(alen, "big"))
+        answer(_ANSWER[alen, False] + first.to_bytes(alen, "big"))
+        if last != (1 << (8 * alen)) - 1:
+            end = (last + 1).to_bytes(alen, "big")
+            query(_PREFIX[alen, True] + end + _END_FLAG)
+            answer(_ANSWER[alen, True] + end + _END_FLAG)
+    return queries, answers
+
+
+def _answer_prefix(alen: int, end: bool) -> bytes:
+    """An element as the kernel answers a get, up to its key: nests without NLA_F_NESTED."""
+    key = 4 + 4 + alen
+    elem = 4 + key + (8 if end else 0)
+    return struct.pack("=HHHHHHHH", 4 + elem, ELIST_ELEMENTS, elem, LIST_ELEM, key, ELEM_KEY, 4 + alen, DATA_VALUE)
+
+
+_ANSWER = {(a, e): _answer_prefix(a, e) for a in (4, 16) for e in (False, True)}
+
+
+def holds_exactly(sock: nfnl.NfnlSocket, table: str, set_name: str, queries: Sequence[bytes], answers: Sequence[bytes]) -> bool:
+    """Whether every get in ``queries`` is answered with the matching entry of ``answers``
+    (``interval_lookups``), in batched requests."""
+    head = strz(ELIST_TABLE, table) + strz(ELIST_SET, set_name)
+    step = nfnl.chunk_length(queries, ELEMENT_BYTES)
+    for pos in range(0, len(queries), step):
+        batch = queries[pos : pos + step]
+        count, err, ok = sock.ask_expecting(Message(nfnl.GETSETELEM, FAMILY, head + nest(ELIST_ELEMENTS, b"".join(batch))), answers, pos)
+        if err == errno.ENOENT or not ok or count != len(batch):
+            return False
+        if err:
+            raise nfnl.NetlinkError(err, "", f"get elements of set {set_name}")
+    return True
+
+
 def intervals_from_elements(elements: Iterable[Element], version: int) -> frozenset[Interval]:
     """Rebuild intervals from rbtree elements (start keys and INTERVAL_END keys)."""
     points = sorted((int.from_bytes(e.key, "big"), 0 if e.flags & NFT_SET_ELEM_INTERVAL_END else 1) for e in elements)

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import pytest
 
 from netpolicy.kernel import nftables as nft
-from netpolicy.reconciler import Reconciler
+from netpolicy.kernel.reconciler import Reconciler
 from tests.integration.kernel_support import (
-    BACKENDS, BLOCKED_HOST, LISTENER, PORT, backend_in, listening, make_plan, outcome, wait_for,
+    BACKENDS, BLOCKED_HOST, BLOCKED_NET, LISTENER, PORT, backend_in, listening, make_plan, outcome, wait_for,
 )
 from tests.netns import NetPair, Netns
 
@@ -202,8 +202,8 @@ def test_nftables_transit_set_left_holding_elements_is_emptied(netpair: NetPair)
 
 
 def test_nftables_fresh_diff_finds_hosts_missing_without_a_dump(netpair: NetPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh process finds the wanted hosts a smaller set lacks by lookups alone; a set
-    holding anything else needs the dump."""
+    """A fresh process finds the wanted hosts a smaller set lacks by lookups alone, and proves
+    the networks set by lookups too; a set holding anything else needs the dump."""
     backend = backend_in(netpair.server, "nftables")
     base = make_plan(netpair.server_v4, refuse4=(f"{BLOCKED_HOST}/32", "198.51.100.0/24"))
     more = make_plan(netpair.server_v4, refuse4=(f"{BLOCKED_HOST}/32", "192.0.2.70/32", "192.0.2.71/32", "198.51.100.0/24"))
@@ -214,8 +214,72 @@ def test_nftables_fresh_diff_finds_hosts_missing_without_a_dump(netpair: NetPair
     again = backend_in(netpair.server, "nftables")
     found = netpair.server.call(lambda: again.diff(more))
     assert {f"+ 192.0.2.70/32 -> {LISTENER} refuse4", f"+ 192.0.2.71/32 -> {LISTENER} refuse4"} <= set(found.lines())
-    assert f"h4_{LISTENER}" not in dumped and f"n4_{LISTENER}" in dumped  # networks are always read
+    assert dumped == []
     netpair.server.exec(["nft", "add", "element", "inet", "netpolicy", f"h4_{LISTENER}", "{ 192.0.2.99 }"])
     third = backend_in(netpair.server, "nftables")
     found = netpair.server.call(lambda: third.diff(more))
     assert f"- 192.0.2.99/32 -> {LISTENER} refuse4" in found.lines() and f"h4_{LISTENER}" in dumped
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_long_running_reconciler_repairs_a_swap_that_keeps_every_set_size(
+    netpair: NetPair, backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One backend object that has applied and reconciled several times trusts its record
+    while nothing changed; one element deleted and another added keeps every set's size. On
+    nftables the ruleset generation moved without a commit of ours, so the next check reads
+    the elements; ipset has no generation, so the next full sync (``--full-sync``) finds it."""
+    backend = backend_in(netpair.server, backend_name)
+    blocked = netpair.add_client_address(BLOCKED_HOST)
+    now = [0.0]
+    base = make_plan(netpair.server_v4, generation="g1", refuse4=(f"{BLOCKED_HOST}/32", "192.0.2.67/32", BLOCKED_NET))
+    more = make_plan(netpair.server_v4, generation="g2", refuse4=(f"{BLOCKED_HOST}/32", "192.0.2.67/32", "192.0.2.68/32", BLOCKED_NET))
+    reconciler = Reconciler(backend, base, full_sync=300, clock=lambda: now[0])
+    for plan in (base, more, base):
+        reconciler.set_plan(plan)
+        assert netpair.server.call(reconciler.check_once).applied
+        now[0] += 10
+        assert not netpair.server.call(reconciler.check_once).repaired
+    checked: list[str] = []
+    if backend_name == "nftables":  # a promotion is a commit of ours: the record stays trusted
+        real = nft.NftablesBackend._check.__func__  # type: ignore[attr-defined]
+        monkeypatch.setattr(nft.NftablesBackend, "_check", classmethod(lambda cls, sock, name, *a: checked.append(name) or real(cls, sock, name, *a)))
+        netpair.server.call(lambda: reconciler.promote(LISTENER, "192.0.2.98", 300))
+        assert not netpair.server.call(reconciler.check_once).repaired and checked == []
+    hosts = f"h4_{LISTENER}" if backend_name == "nftables" else f"netpolicy-{LISTENER}-r4"
+    if backend_name == "nftables":
+        netpair.server.exec(["nft", "delete", "element", "inet", "netpolicy", hosts, f"{{ {BLOCKED_HOST} }}"])
+        netpair.server.exec(["nft", "add", "element", "inet", "netpolicy", hosts, "{ 192.0.2.99 }"])
+    else:
+        netpair.server.exec(["ipset", "del", hosts, BLOCKED_HOST])
+        netpair.server.exec(["ipset", "add", hosts, "192.0.2.99"])
+        assert not netpair.server.call(reconciler.check_once).repaired  # sizes held: the cheap check is blind
+        now[0] += 300
+    dest = (netpair.server_v4, PORT)
+    with listening(netpair, netpair.server_v4):
+        assert outcome(netpair.client, dest, blocked) == "connected"
+        result = netpair.server.call(reconciler.check_once)
+        assert result.repaired and result.diff is not None, backend_name
+        assert {f"+ {BLOCKED_HOST}/32 -> {LISTENER} refuse4", f"- 192.0.2.99/32 -> {LISTENER} refuse4"} <= set(result.diff.lines())
+        assert outcome(netpair.client, dest, blocked) == "refused"
+    assert netpair.server.call(lambda: backend_in(netpair.server, backend_name).diff(base)).in_sync
+
+
+@pytest.mark.parametrize("replacement", ["198.51.100.0/25", "198.51.100.128/25", "198.51.100.0/23", "10.9.9.0/24"])
+def test_nftables_fresh_diff_sees_a_network_swapped_for_another(netpair: NetPair, replacement: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The networks set is checked by lookups of each interval's last address and end: an
+    interval cut short, moved, widened or replaced (same element count) is still drift, found
+    exactly (by the dump the failed check falls back to)."""
+    backend = backend_in(netpair.server, "nftables")
+    plan = make_plan(netpair.server_v4)
+    netpair.server.call(lambda: backend.apply(plan))
+    dumped: list[str] = []
+    real = nft.NftablesBackend._read_set
+    monkeypatch.setattr(nft.NftablesBackend, "_read_set", staticmethod(lambda sock, name, kind, family: dumped.append(name) or real(sock, name, kind, family)))
+    assert netpair.server.call(lambda: backend_in(netpair.server, "nftables").diff(plan)).in_sync and dumped == []
+    networks = f"n4_{LISTENER}"
+    netpair.server.exec(["nft", "delete", "element", "inet", "netpolicy", networks, f"{{ {BLOCKED_NET} }}"])
+    netpair.server.exec(["nft", "add", "element", "inet", "netpolicy", networks, f"{{ {replacement} }}"])
+    found = netpair.server.call(lambda: backend_in(netpair.server, "nftables").diff(plan))
+    assert {f"+ {BLOCKED_NET} -> {LISTENER} refuse4", f"- {replacement} -> {LISTENER} refuse4"} <= set(found.lines()), found.lines()
+    assert dumped == [networks]

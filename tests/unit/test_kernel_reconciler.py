@@ -1,10 +1,12 @@
-"""The reconciler's logic against an in-memory kernel: applies, cheap checks, counted and
-logged repairs, plan reloads, promotions restored after drift and renewed before they lapse."""
+"""The reconciler's logic against an in-memory kernel: applies, cheap checks, periodic full
+checks, counted and logged repairs, plan reloads, promotions restored after drift and renewed
+before they lapse."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -12,7 +14,7 @@ from netpolicy.kernel.base import Backend
 from netpolicy.kernel.layout import listener_id
 from netpolicy.kernel.model import KernelDiff, KernelError, KernelStatus, Problem, Promotion
 from netpolicy.plan import KernelPlan, ListenerPlan
-from netpolicy.reconciler import Reconciler
+from netpolicy.kernel.reconciler import Reconciler
 
 
 class Clock:
@@ -36,6 +38,7 @@ class MemoryKernel(Backend):
         self.timed: dict[tuple[str, str], float] = {}
         self.calls: list[str] = []
         self.fail_with: str | None = None
+        self.cheap_blind = False  # quick_diff reports in sync whatever is installed
 
     def _compare(self, plan: KernelPlan) -> KernelDiff:
         if self.fail_with:
@@ -52,6 +55,8 @@ class MemoryKernel(Backend):
 
     def quick_diff(self, plan: KernelPlan) -> KernelDiff:
         self.calls.append("quick_diff")
+        if self.cheap_blind:
+            return KernelDiff(self.name, plan.generation, plan.generation)
         return self._compare(plan)
 
     def apply(self, plan: KernelPlan) -> KernelDiff:
@@ -152,19 +157,25 @@ def test_promotions_longer_than_the_kernel_can_hold_are_renewed(kernel: MemoryKe
 
 
 def test_run_logs_errors_once_and_keeps_going(kernel: MemoryKernel, caplog: pytest.LogCaptureFixture) -> None:
+    """Several failing rounds log the error once; the loop goes on, applies once the kernel
+    answers again, and keeps checking after that."""
     rec = Reconciler(kernel, plan())
     caplog.set_level(logging.ERROR, logger="netpolicy.reconciler")
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not predicate():
+            assert asyncio.get_running_loop().time() < deadline, "the loop stopped going round"
+            await asyncio.sleep(0.005)
 
     async def scenario() -> None:
         kernel.fail_with = "netlink went away"
         task = asyncio.create_task(rec.run(interval=0.01))
-        while rec.last_error is None:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        await until(lambda: rec.checks >= 3)  # three failed rounds
+        failed_rounds = rec.checks
         kernel.fail_with = None
-        while kernel.installed is None:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.03)
+        await until(lambda: kernel.installed is not None)
+        await until(lambda: rec.checks >= failed_rounds + 3 and kernel.calls.count("quick_diff") >= 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -173,3 +184,30 @@ def test_run_logs_errors_once_and_keeps_going(kernel: MemoryKernel, caplog: pyte
     errors = [r.getMessage() for r in caplog.records if r.name == "netpolicy.reconciler"]
     assert errors == ["reconciler: netlink went away"]
     assert rec.last_error is None and kernel.installed == plan()
+
+
+def test_a_full_check_replaces_the_cheap_one_every_full_sync_period(kernel: MemoryKernel, clock: Clock) -> None:
+    rec = Reconciler(kernel, plan(), full_sync=300, clock=clock)
+    rec.check_once()
+    kernel.calls.clear()
+    clock.now += 299
+    rec.check_once()
+    clock.now += 1
+    rec.check_once()
+    rec.check_once()
+    clock.now += 300
+    rec.check_once()
+    assert kernel.calls == ["quick_diff", "diff", "quick_diff", "diff"] and rec.full_checks == 2
+
+
+def test_drift_only_a_full_check_sees_is_repaired_at_the_next_full_sync(kernel: MemoryKernel, clock: Clock) -> None:
+    """A kernel whose cheap check trusts what it last wrote (like ipset's, while set sizes
+    hold): drift behind it is found by the periodic full check and repaired."""
+    rec = Reconciler(kernel, plan(), full_sync=60, clock=clock)
+    rec.check_once()
+    kernel.cheap_blind = True
+    kernel.installed = plan("someone else's")
+    assert not rec.check_once().repaired
+    clock.now += 60
+    result = rec.check_once()
+    assert result.repaired and rec.repairs == 1 and kernel.installed == plan()

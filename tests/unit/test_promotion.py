@@ -1,6 +1,6 @@
 """Offence counting for dynamic promotion: threshold within a sliding hour, bounded memory."""
 
-from netpolicy.promotion import OffenceTracker, Promotion
+from netpolicy.kernel.promotion import OffenceTracker, Promotion
 
 
 class Clock:

@@ -7,6 +7,11 @@ when the ruleset generation did not move; otherwise the table without its elemen
 sizes). Only when that shows a difference does it repair, by the same atomic ``apply`` a
 policy change uses, and it logs what was wrong (logger ``netpolicy.reconciler``).
 
+A cheap check cannot see drift that keeps a set's size (one element deleted, another added)
+where the dataplane has no generation counter (ipset). So every ``full_sync`` seconds (serve
+``--full-sync``, default 300) the check is a full ``diff`` instead, which reads every element
+back (on nftables by batched lookups: ~6 s for 1M entries, a 2% duty at the default period).
+
 It also remembers the hosts promoted at runtime: they are not part of the plan, so a flushed
 table loses them; the reconciler puts them back with the time they have left, and renews
 promotions longer than the kernel can hold in one go before they lapse.
@@ -33,6 +38,7 @@ log = logging.getLogger("netpolicy.reconciler")
 MAX_LOGGED_LINES = 20  # per repair; the rest is summarised
 RENEW_WINDOW = 60.0  # renew a promotion the kernel will drop within this many seconds
 SLACK = 2.0  # seconds of disagreement between our clock and the kernel's timers that are fine
+FULL_SYNC = 300.0  # seconds between full reads of everything the backend owns
 
 
 @dataclass(frozen=True)
@@ -47,14 +53,19 @@ class CheckResult:
 class Reconciler:
     """Library part of ``serve``: one desired plan, one backend, repairs counted."""
 
-    def __init__(self, backend: Backend, plan: KernelPlan, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, backend: Backend, plan: KernelPlan, *, full_sync: float = FULL_SYNC, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.backend = backend
         self.repairs = 0
         self.checks = 0
+        self.full_checks = 0
+        self.full_sync = full_sync
         self.last_error: str | None = None
         self._plan = plan
         self._applied: KernelPlan | None = None
         self._clock = clock
+        self._next_full = clock() + full_sync
         self._promotions: dict[tuple[str, str], float] = {}  # (listener, address) -> deadline
         self._lock = threading.Lock()
 
@@ -86,7 +97,12 @@ class Reconciler:
                     log.info("applied policy generation %s (%d element changes)", plan.generation, diff.element_changes)
                 self._renew_promotions()
                 return CheckResult(applied=True, diff=diff)
-            found = self.backend.quick_diff(plan)
+            if self._clock() >= self._next_full:
+                found = self.backend.diff(plan)
+                self.full_checks += 1
+                self._next_full = self._clock() + self.full_sync
+            else:
+                found = self.backend.quick_diff(plan)
             if found.in_sync:
                 self._renew_promotions()
                 return CheckResult()
