@@ -3,8 +3,10 @@
 Every backend owns a fixed, named set of kernel objects (SPEC.md section 4) and never reads
 anything else as its own nor changes it. ``diff`` always reads the kernel in full; ``quick_diff``
 is what the reconciler calls every second: exact for structure (tables, chains, rules, jump,
-generation marker) but, for elements, it trusts what this process last wrote as long as the
-kernel's set sizes (and on nftables the ruleset generation) are unchanged.
+generation marker) but, for elements, it trusts what this process last read or wrote while the
+dataplane shows no change since (netpolicy.kernel.engine): on nftables the same ruleset
+generation, on ipset the same set sizes, which is why the reconciler also runs a full ``diff``
+every full-sync period.
 """
 
 from __future__ import annotations

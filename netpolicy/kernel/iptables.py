@@ -19,6 +19,9 @@ and the apply starts again from a full read (see ``_read``). Only the legacy bac
 python-iptables: on systems where ``iptables`` is iptables-nft, libiptc writes legacy tables the
 admin's tools do not show, which is why ``auto`` never picks this backend there.
 
+What to change in the sets is worked out by the backend-neutral engine (netpolicy.kernel.engine);
+this module reads and writes libiptc and ipset.
+
 Verbose connection logging (NFLOG) is not offered here: python-iptables 1.2 corrupts memory
 when an NFLOG target is given a prefix (it segfaults on the next rule), and the prefix is what
 names the listener.
@@ -42,11 +45,11 @@ from typing import Any
 
 from netpolicy.kernel import ipset
 from netpolicy.kernel.base import Backend, serialized
-from netpolicy.kernel.delta import sorted_delta, split_hosts
-from netpolicy.kernel.layout import ListenerLayout, OwnedSet, layout, listener_id, rule_comment, split_comment
+from netpolicy.kernel.delta import split_hosts
+from netpolicy.kernel.engine import DataplaneCache, SetNames, SetRecord, compare_objects, element_delta, listener_statuses
+from netpolicy.kernel.layout import OwnedSet, layout, listener_id, rule_comment, split_comment
 from netpolicy.kernel.model import (
-    Interval, KernelDiff, KernelError, KernelStatus, ListenerStatus, MissingCapability, Problem, Promotion,
-    SetDelta, role_label,
+    Interval, KernelDiff, KernelError, KernelStatus, MissingCapability, Problem, Promotion, SetDelta, role_label,
 )
 from netpolicy.plan import KernelPlan
 
@@ -59,24 +62,12 @@ _THREAD_LOCK = threading.Lock()  # python-iptables keeps one handle per table fo
 Norm = tuple[Any, ...]
 
 
-def set_name(kind: str, lid: str, family: int) -> str:
-    return f"netpolicy-{lid}-{kind[0]}{family}"
+NAMES = SetNames("netpolicy-{lid}-{kind}{family}", ("refuse", "promoted"))  # netpolicy-<id>-r4, ...
 
 
 def temp_name(name: str) -> str:
     """Where a set is filled before being swapped in (still a ``netpolicy`` name: ours)."""
     return "netpolicy~" + name.removeprefix("netpolicy-")
-
-
-def _parse_set_name(name: str) -> tuple[str, int, str] | None:
-    """(kind, family, listener id) for names made by ``set_name``."""
-    if not name.startswith("netpolicy-"):
-        return None
-    lid, sep, suffix = name.removeprefix("netpolicy-").rpartition("-")
-    kinds = {"r": "refuse", "p": "promoted"}
-    if not sep or len(suffix) != 2 or suffix[0] not in kinds or suffix[1] not in "46":
-        return None
-    return kinds[suffix[0]], int(suffix[1]), lid
 
 
 def iptables_is_nft() -> bool:
@@ -237,7 +228,7 @@ def desired(plan: KernelPlan) -> Desired:
     for ll in layout(plan):
         for family in ll.families:
             for kind in ("refuse", "promoted"):
-                name = set_name(kind, ll.lid, family)
+                name = NAMES.name(kind, ll.lid, family)
                 cidrs = ll.refuse_cidrs(family) if kind == "refuse" else ()
                 want.sets[name] = WantSet(name, ll.lid, ll.name, kind, family, cidrs)
                 key = ll.rule_key(kind, family)
@@ -274,14 +265,6 @@ def _entry(iv: Interval) -> str:
 
 
 @dataclass
-class KnownSet:
-    """Entries of one refuse set as read or as last written; ``source`` as in the nftables backend."""
-
-    intervals: Set[Interval] | None
-    source: tuple[str, ...] | None = None
-
-
-@dataclass
 class FamilyState:
     chain: bool = False
     rules: list[tuple[Norm, str, str | None]] = field(default_factory=list)  # (form, key, generation)
@@ -293,11 +276,15 @@ class IptState:
     families: dict[int, FamilyState]
     headers: dict[str, ipset.SetHeader]
     counted: bool = True  # False: entry counts are our record's, not the kernel's (see _read)
-    elements: dict[str, KnownSet] = field(default_factory=dict)
+    elements: dict[str, SetRecord] = field(default_factory=dict)
 
     def generation(self) -> str | None:
         gens = {gen for fs in self.families.values() for _n, _k, gen in fs.rules if gen}
         return ",".join(sorted(gens)) or None
+
+
+def _or(count: int | None, default: int) -> int:
+    return default if count is None else count
 
 
 def _comment_of(form: Norm) -> str:
@@ -316,6 +303,49 @@ def _filter_exists(family: int) -> bool:
             return "filter" in fh.read().split()
     except OSError:
         return False
+
+
+def _header_ok(ws: WantSet, header: ipset.SetHeader) -> bool:
+    return (header.type, header.family, header.timeout) == (ws.type, ws.ipset_family, ws.kind == "promoted")
+
+
+def _chain_problems(plan: KernelPlan, family: int, fs: FamilyState, rules: list[RuleSpec], stale: set[str]) -> list[Problem]:
+    """What is wrong with NETPOLICY and its jump in one family; rules only stamped with an
+    older generation add that generation to ``stale``."""
+    problems: list[Problem] = []
+    where = f"filter {CHAIN} (IPv{family})"
+    if not rules:
+        if fs.chain or fs.jumps:
+            problems.append(Problem("unexpected-chain", where, "no listener needs it"))
+        return problems
+    if not fs.chain:
+        problems.append(Problem("missing-chain", where))
+    if fs.jumps == 0:
+        problems.append(Problem("missing-jump", f"filter INPUT -j {CHAIN} (IPv{family})"))
+    elif fs.jumps > 1:
+        problems.append(Problem("extra-jump", f"filter INPUT -j {CHAIN} (IPv{family})", f"{fs.jumps} jumps"))
+    wanted = {r.key: r for r in rules}
+    seen: dict[str, tuple[Norm, str | None]] = {}
+    for form, key, gen in fs.rules:
+        if key in wanted and key not in seen:
+            seen[key] = (form, gen)
+        else:
+            problems.append(Problem("unexpected-rule", f"{where}: {_comment_of(form) or 'without comment'}"))
+    for spec in rules:
+        found = seen.get(spec.key)
+        if found is None:
+            if fs.chain:
+                problems.append(Problem("missing-rule", spec.key))
+            continue
+        form, gen = found
+        if form != replace(spec, comment=rule_comment(spec.key, gen or "")).normalized():
+            problems.append(Problem("modified-rule", spec.key))
+        elif gen != plan.generation:
+            stale.add(gen or "none")
+    order = [key for _f, key, _g in fs.rules if key in seen]
+    if order != [r.key for r in rules if r.key in seen]:
+        problems.append(Problem("modified-chain", where, "rule order changed"))
+    return problems
 
 
 def _read_family(family: int) -> FamilyState:
@@ -347,8 +377,7 @@ class IptablesBackend(Backend):
                 "crashes building NFLOG rules with a prefix"
             )
         super().__init__()
-        self._known: dict[str, KnownSet] = {}
-        self._known_entries: dict[str, int] = {}
+        self._cache: DataplaneCache | None = None  # refuse sets; counts are ipset's entries
         self._known_headers: dict[str, ipset.SetHeader] = {}  # of our sets, as last read
 
     @classmethod
@@ -374,25 +403,26 @@ class IptablesBackend(Backend):
         buckets (22 ms at 1M entries); apply then detects drift in the elements it changes by
         their strict add or del failing, and the reconciler's regular check counts them."""
         families = {f: _read_family(f) for f in sorted(want_families)}
-        recorded = trust_known and not count and bool(self._known_headers) and ipset.names() == self._known_headers.keys()
-        if recorded:
-            headers = {n: replace(h, entries=self._known_entries.get(n, h.entries)) for n, h in self._known_headers.items()}
+        cache = self._cache if trust_known and self._cache is not None and self._cache.here() else None
+        recorded = cache is not None and not count and bool(self._known_headers) and ipset.names() == self._known_headers.keys()
+        if cache is not None and recorded:
+            headers = {n: replace(h, entries=_or(cache.counts.get(n), h.entries)) for n, h in self._known_headers.items()}
         else:
             headers = ipset.headers()
         state = IptState(families, headers, counted=not recorded)
         for name, header in headers.items():
-            parsed = _parse_set_name(name)
+            parsed = NAMES.parse(name)
             if parsed is None or parsed[0] != "refuse" or header.type != "hash:net":
                 continue
-            mine = self._known.get(name) if trust_known else None
-            if mine is not None and mine.intervals is not None:
-                if self._known_entries.get(name) == header.entries:
-                    state.elements[name] = mine
-                    continue
-                if allow_reload and len(mine.intervals) > RELOAD_THRESHOLD:
-                    state.elements[name] = KnownSet(None)
-                    continue
-            state.elements[name] = KnownSet(frozenset(Interval.from_cidr(e) for e, _t in ipset.members(name)))
+            trusted = cache.trusted(name, header.entries, None) if cache is not None else None
+            if trusted is not None:
+                state.elements[name] = trusted
+                continue
+            mine = cache.sets.get(name) if cache is not None else None
+            if allow_reload and mine is not None and mine.intervals is not None and len(mine.intervals) > RELOAD_THRESHOLD:
+                state.elements[name] = SetRecord(None)  # its size changed: reloaded, not read
+                continue
+            state.elements[name] = SetRecord(frozenset(Interval.from_cidr(e) for e, _t in ipset.members(name)))
         return state
 
     def _families(self, want: Desired) -> set[int]:
@@ -409,62 +439,20 @@ class IptablesBackend(Backend):
     def _reconcile(self, plan: KernelPlan, want: Desired, state: IptState) -> tuple[KernelDiff, dict[str, Any]]:
         """The diff, and per set what apply must do: ("create" | "reload" | (add, remove))."""
         problems: list[Problem] = []
-        deltas: list[SetDelta] = []
-        actions: dict[str, Any] = {}
         stale: set[str] = set()
         for family, fs in state.families.items():
-            rules = want.rules.get(family, [])
-            where = f"filter {CHAIN} (IPv{family})"
-            if not rules:
-                if fs.chain or fs.jumps:
-                    problems.append(Problem("unexpected-chain", where, "no listener needs it"))
-                continue
-            if not fs.chain:
-                problems.append(Problem("missing-chain", where))
-            if fs.jumps == 0:
-                problems.append(Problem("missing-jump", f"filter INPUT -j {CHAIN} (IPv{family})"))
-            elif fs.jumps > 1:
-                problems.append(Problem("extra-jump", f"filter INPUT -j {CHAIN} (IPv{family})", f"{fs.jumps} jumps"))
-            wanted = {r.key: r for r in rules}
-            seen: dict[str, tuple[Norm, str | None]] = {}
-            for form, key, gen in fs.rules:
-                if key in wanted and key not in seen:
-                    seen[key] = (form, gen)
-                else:
-                    problems.append(Problem("unexpected-rule", f"{where}: {_comment_of(form) or 'without comment'}"))
-            for spec in rules:
-                found = seen.get(spec.key)
-                if found is None:
-                    if fs.chain:
-                        problems.append(Problem("missing-rule", spec.key))
-                    continue
-                form, gen = found
-                as_written = replace(spec, comment=rule_comment(spec.key, gen or "")).normalized()
-                if form != as_written:
-                    problems.append(Problem("modified-rule", spec.key))
-                elif gen != plan.generation:
-                    stale.add(gen or "none")
-            order = [key for _f, key, _g in fs.rules if key in seen]
-            if order != [r.key for r in rules if r.key in seen]:
-                problems.append(Problem("modified-chain", where, "rule order changed"))
+            problems += _chain_problems(plan, family, fs, want.rules.get(family, []), stale)
         if stale:
             problems.append(Problem("generation", f"filter {CHAIN}", f"kernel has {','.join(sorted(stale))}, plan is {plan.generation}"))
-
-        for name in sorted(state.headers.keys() - want.sets.keys()):
-            problems.append(Problem("unexpected-set", name))
-            actions[name] = "destroy"
+        sets = compare_objects(want.sets, state.headers, _header_ok)
+        problems += sets.unexpected_problems("set", str) + sets.problems("set", str, "type, family or timeout support changed")
+        actions: dict[str, Any] = {name: "destroy" for name in sets.unexpected}
+        actions.update({name: "create" if what == "missing" else "replace" for name, what in sets.changes})
+        deltas: list[SetDelta] = []
         for ws in want.sets.values():
-            header = state.headers.get(ws.name)
-            if header is None:
-                problems.append(Problem("missing-set", ws.name))
-                actions[ws.name] = "create"
-            elif (header.type, header.family, header.timeout) != (ws.type, ws.ipset_family, ws.kind == "promoted"):
-                problems.append(Problem("modified-set", ws.name, "type, family or timeout support changed"))
-                actions[ws.name] = "replace"
             if ws.kind != "refuse":
                 continue
-            action = actions.get(ws.name)
-            if action in ("create", "replace"):
+            if actions.get(ws.name) in ("create", "replace"):
                 if ws.cidrs:
                     deltas.append(SetDelta(ws.listener, ws.family, ipset_intervals(ws.cidrs)))
                 continue
@@ -474,7 +462,7 @@ class IptablesBackend(Backend):
                 actions[ws.name] = "reload"
                 continue
             add, remove = self._delta(known, ws)
-            if header is not None and len(known.intervals) + len(add) - len(remove) > header.maxelem:
+            if len(known.intervals) + len(add) - len(remove) > state.headers[ws.name].maxelem:
                 actions[ws.name] = "reload"
             elif add or remove:
                 actions[ws.name] = (add, remove)
@@ -483,15 +471,10 @@ class IptablesBackend(Backend):
         return KernelDiff(self.name, plan.generation, state.generation(), tuple(problems), tuple(deltas)), actions
 
     @staticmethod
-    def _delta(known: KnownSet, ws: WantSet) -> tuple[frozenset[Interval], frozenset[Interval]]:
-        assert known.intervals is not None
-        if known.source is not None:
-            found = ([], []) if known.source is ws.cidrs else sorted_delta(known.source, ws.cidrs)
-            if found is not None:
-                return (_split_zero(frozenset(map(Interval.from_cidr, found[0]))),
-                        _split_zero(frozenset(map(Interval.from_cidr, found[1]))))
-        wanted = ipset_intervals(ws.cidrs)
-        return frozenset(wanted - known.intervals), frozenset(known.intervals - wanted)
+    def _delta(known: SetRecord, ws: WantSet) -> tuple[frozenset[Interval], frozenset[Interval]]:
+        found = element_delta(known, ws.cidrs, lambda: ipset_intervals(ws.cidrs), _split_zero)
+        assert found is not None  # the caller passes a record with its elements
+        return found
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -605,15 +588,15 @@ class IptablesBackend(Backend):
 
     def _remember_verified(self, state: IptState, want: Desired, result: KernelDiff) -> None:
         changed = {(d.listener, d.family) for d in result.sets}
-        self._known = {}
-        self._known_entries = {}
+        cache = DataplaneCache(None)
         for name, known in state.elements.items():
             if known.intervals is None:
                 continue
             ws = want.sets.get(name)
             in_sync = ws is not None and (ws.listener, ws.family) not in changed
-            self._known[name] = KnownSet(known.intervals, ws.cidrs if in_sync and ws else None)
-            self._known_entries[name] = state.headers[name].entries
+            cache.sets[name] = SetRecord(known.intervals, ws.cidrs if in_sync and ws else None)
+            cache.counts[name] = state.headers[name].entries
+        self._cache = cache
         self._known_headers = state.headers
 
     @serialized
@@ -634,7 +617,7 @@ class IptablesBackend(Backend):
         if result.in_sync:
             self._remember_verified(state, want, result)
             return result
-        self._known, self._known_entries, self._known_headers = {}, {}, {}
+        self._cache, self._known_headers = None, {}
         before, after = self._ipset_before(want, state, actions, strict=not state.counted)
         ipset.restore(before)
         for family in sorted(families):
@@ -645,6 +628,7 @@ class IptablesBackend(Backend):
         # one before plus what was added, minus what was removed.
         incremental = all(action is None or isinstance(action, tuple) for action in actions.values())
         headers = state.headers if incremental else ipset.headers()
+        cache = DataplaneCache(None)
         for ws in want.sets.values():
             if ws.kind != "refuse" or ws.name not in headers:
                 continue
@@ -659,14 +643,14 @@ class IptablesBackend(Backend):
                     entries.update(action[0])
             else:
                 entries = set(ipset_intervals(ws.cidrs))
-            self._known[ws.name] = KnownSet(entries, ws.cidrs)
-            self._known_entries[ws.name] = len(entries) if incremental else headers[ws.name].entries
-        self._known_headers = headers
+            cache.sets[ws.name] = SetRecord(entries, ws.cidrs)
+            cache.counts[ws.name] = len(entries) if incremental else headers[ws.name].entries
+        self._cache, self._known_headers = cache, headers
         return result
 
     @serialized
     def flush(self) -> bool:
-        self._known, self._known_entries, self._known_headers = {}, {}, {}
+        self._cache, self._known_headers = None, {}
         found = False
         for family in (4, 6):
             state = _read_family(family)
@@ -698,28 +682,19 @@ class IptablesBackend(Backend):
                         gens.add(gen)
         sizes: dict[str, dict[str, int]] = {}
         for name, header in ipset.headers().items():
-            parsed = _parse_set_name(name)
+            parsed = NAMES.parse(name)
             if parsed is not None:
                 kind, family, lid = parsed
                 sizes.setdefault(lid, {})[role_label(kind, family)] = header.entries
-        by_lid: dict[str, ListenerLayout] = {ll.lid: ll for ll in layout(plan)} if plan else {}
-        listeners = []
-        for lid in sorted(set(by_lid) | set(sizes) | set(counters)):
-            ll = by_lid.get(lid)
-            listeners.append(ListenerStatus(
-                name=ll.name if ll else lid, listener_id=lid,
-                address=ll.plan.address if ll else None, port=ll.port if ll else None,
-                installed=lid in sizes and lid in counters, set_sizes=sizes.get(lid, {}),
-                refused=counters.get(lid, 0),
-            ))
-        return KernelStatus(self.name, ",".join(sorted(gens)) or None, tuple(listeners))
+        installed = {lid for lid in sizes if lid in counters}
+        return KernelStatus(self.name, ",".join(sorted(gens)) or None, listener_statuses(plan, sizes, counters, installed))
 
     @serialized
     def promote(self, listener: str, address: str, seconds: float) -> None:
         if not 0 < seconds <= self.max_promote_seconds:
             raise KernelError(f"promotion time must be between 1 and {self.max_promote_seconds} seconds")
         family = ipaddress.ip_address(address).version
-        name = set_name("promoted", listener_id(listener), family)
+        name = NAMES.name("promoted", listener_id(listener), family)
         if name not in ipset.headers():
             raise KernelError(
                 f"listener {listener!r} has no {role_label('promoted', family)} set in the kernel "
@@ -731,7 +706,7 @@ class IptablesBackend(Backend):
     def promoted(self) -> list[Promotion]:
         out: list[Promotion] = []
         for name in ipset.headers():
-            parsed = _parse_set_name(name)
+            parsed = NAMES.parse(name)
             if parsed is not None and parsed[0] == "promoted":
                 out += [Promotion(parsed[2], entry, left or 0.0) for entry, left in ipset.members(name)]
         return out

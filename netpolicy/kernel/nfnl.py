@@ -22,6 +22,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from netpolicy.kernel.mrecv import Receiver
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -191,7 +193,7 @@ class NfnlSocket:
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
             self._grow(SO_RCVBUFFORCE, socket.SO_RCVBUF, bufsize)
-            self._buf = bytearray(1 << 16)  # answers to gets (ask_expecting): one element each
+            self._receiver: Receiver | None = None  # for ask_expecting, made on first use
         except BaseException:
             self.sock.close()
             raise
@@ -302,28 +304,34 @@ class NfnlSocket:
         ``tails[start + 1]``... (``ok``): (answers, errno, ok).
 
         One answer arrives per datagram, millions of them for a big set, so they are received
-        into one buffer and compared in place: no copy, no parsing (~1 us each instead of ~5)."""
+        many per system call (``mrecv``) and compared in place: no copy, no parsing."""
+        if self._receiver is None:
+            self._receiver = Receiver(self.sock)
+        receiver = self._receiver
         seq = next(_seq)
         self.sock.send(Message(request.kind, request.family, request.body, request.flags | NLM_F_ACK).encode(seq))
-        buf = self._buf
-        view = memoryview(buf)
+        view, slot, length_of = receiver.view, receiver.size, receiver.length
         unpack = _HDR.unpack_from
-        recv_into = self.sock.recv_into
         answers, ok, limit = 0, True, len(tails)
         while True:
-            size = recv_into(buf)
-            pos = 0
-            while pos + 16 <= size:
-                length, kind, flags, mseq, _pid = unpack(buf, pos)
-                end = pos + length
-                if mseq == seq:
-                    if kind == NLMSG_ERROR:
-                        return answers, self._error(view[pos + 16 : end], flags)[0], ok
-                    index = start + answers
-                    if ok and (index >= limit or view[end - len(tails[index]) : end] != tails[index]):
-                        ok = False
-                    answers += 1
-                pos += (length + 3) & ~3
+            for i in range(receiver.receive(TIMEOUT)):
+                pos = i * slot
+                size = length_of(i)
+                if size < 0:  # too big for its slot: not one of our answers
+                    ok = False
+                    continue
+                stop = pos + size
+                while pos + 16 <= stop:
+                    length, kind, flags, mseq, _pid = unpack(view, pos)
+                    end = pos + length
+                    if mseq == seq:
+                        if kind == NLMSG_ERROR:
+                            return answers, self._error(view[pos + 16 : end], flags)[0], ok
+                        index = start + answers
+                        if ok and (index >= limit or view[end - len(tails[index]) : end] != tails[index]):
+                            ok = False
+                        answers += 1
+                    pos += (length + 3) & ~3
 
     def genid(self) -> int:
         """The ruleset generation: the kernel bumps it on every committed transaction."""

@@ -31,6 +31,10 @@ address's entry moves between the hosts and the networks set, or its network is 
 overlapping one, the change is spread over two or three transactions (the new entry first, or
 a copy in the transit set), so that every state in between refuses it: see
 ``_element_phases`` for the measurement.
+
+What to change is worked out by the backend-neutral engine (netpolicy.kernel.engine: the
+dataplane cache, when it stands for the kernel, element deltas); this module reads and writes
+nf_tables and orders the writes. The contract is in netpolicy/kernel/README.md.
 """
 
 from __future__ import annotations
@@ -47,11 +51,13 @@ from netpolicy.intervals import intersecting
 from netpolicy.kernel import nfnl
 from netpolicy.kernel import nftmsg as m
 from netpolicy.kernel.base import Backend, netns_id, serialized
-from netpolicy.kernel.delta import is_host, sorted_delta, split_hosts
-from netpolicy.kernel.layout import COMMENT_PREFIX, ListenerLayout, OwnedSet, layout, listener_id, rule_comment, split_comment
+from netpolicy.kernel.delta import is_host, split_hosts
+from netpolicy.kernel.engine import (
+    DataplaneCache, SetNames, SetRecord, compare_objects, element_delta, list_delta, listener_statuses,
+)
+from netpolicy.kernel.layout import COMMENT_PREFIX, OwnedSet, layout, listener_id, rule_comment, split_comment
 from netpolicy.kernel.model import (
-    Interval, KernelDiff, KernelError, KernelStatus, ListenerStatus, MissingCapability, Problem, Promotion,
-    SetDelta, role_label,
+    Interval, KernelDiff, KernelError, KernelStatus, MissingCapability, Problem, Promotion, SetDelta, role_label,
 )
 from netpolicy.plan import KernelPlan
 
@@ -70,8 +76,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def set_name(kind: str, lid: str, family: int) -> str:
-    return f"{kind[0]}{family}_{lid}"
+NAMES = SetNames("{kind}{family}_{lid}", KINDS)  # h4_<id>, n6_<id>, ...
 
 
 def counter_name(lid: str) -> str:
@@ -80,15 +85,6 @@ def counter_name(lid: str) -> str:
 
 def refuse_chain(lid: str) -> str:
     return f"refuse_{lid}"
-
-
-def _parse_set_name(name: str) -> tuple[str, int, str] | None:
-    """(kind, family, listener id) for names made by ``set_name``."""
-    prefix, sep, lid = name.partition("_")
-    kinds = {k[0]: k for k in KINDS}
-    if not sep or len(prefix) != 2 or prefix[0] not in kinds or prefix[1] not in "46":
-        return None
-    return kinds[prefix[0]], int(prefix[1]), lid
 
 
 def _spec(kind: str, family: int) -> m.SetSpec:
@@ -143,7 +139,7 @@ def desired(plan: KernelPlan, log_group: int | None) -> Desired:
         want.chains[chain] = None
         want.counters[counter] = f"refusals of listener {ll.name}"
         for family in ll.families:
-            names = {kind: set_name(kind, ll.lid, family) for kind in KINDS}
+            names = {kind: NAMES.name(kind, ll.lid, family) for kind in KINDS}
             want.groups.append(WantGroup(ll.name, family, ll.refuse_cidrs(family), names["hosts"], names["networks"], names["transit"]))
             for kind in KINDS:
                 want.sets[names[kind]] = WantSet(names[kind], ll.lid, ll.name, kind, family)
@@ -163,25 +159,12 @@ def desired(plan: KernelPlan, log_group: int | None) -> Desired:
 
 
 @dataclass
-class KnownSet:
-    """The elements of one hosts or networks set: as read, or as this process last wrote them.
-
-    ``intervals`` is None when the set is too big to read back cheaply and its size no longer
-    matches what we wrote: it is then reloaded whole. ``source`` is the plan refuse list the
-    elements were written from, which lets the next plan be diffed list against list.
-    """
-
-    intervals: Set[Interval] | None
-    source: tuple[str, ...] | None = None
-
-
-@dataclass
 class NftState:
     """Our table as read from the kernel; ``elements`` holds its hosts and networks sets."""
 
     genid: int
     table: m.TableDump | None
-    elements: dict[str, KnownSet] = field(default_factory=dict)
+    elements: dict[str, SetRecord] = field(default_factory=dict)
     consistent: bool = True  # the ruleset generation did not move while we read
 
     def generation(self) -> str | None:
@@ -189,17 +172,6 @@ class NftState:
             return None
         gens = {split_comment(r.comment)[1] for r in self.table.rules if r.comment}
         return ",".join(sorted(g for g in gens if g)) or None
-
-
-@dataclass
-class _Known:
-    """What this process last wrote or read, so later checks need not download elements."""
-
-    netns: int
-    genid: int
-    counts: dict[str, int | None]
-    sets: dict[str, KnownSet]
-    in_sync_plan: KernelPlan | None = None
 
 
 # per hosts/networks set: (added, removed), or None when the set is created or reloaded whole
@@ -217,8 +189,11 @@ class _Batch:
     changes: Changes = field(default_factory=dict)
 
 
-def _family_of(info: m.SetInfo) -> int:
-    return 4 if info.key_type == m.TYPE_IPADDR else 6
+def _chain_ok(priority: int | None, info: m.ChainInfo) -> bool:
+    """A base chain (``priority`` given) hooks input with our priority, type and policy; a
+    regular chain has no hook."""
+    hook = (m.NF_INET_LOCAL_IN, priority, m.NF_ACCEPT, "filter") if priority is not None else (None, None, None, None)
+    return (info.hooknum, info.priority, info.policy, info.type) == hook
 
 
 def _spec_ok(info: m.SetInfo, spec: m.SetSpec) -> bool:
@@ -249,29 +224,22 @@ def _netlink_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _group_changes(group: WantGroup, state: NftState, fresh: set[str]) -> Changes:
-    """Per set of ``group``: (add, remove), or None to (re)load it whole from the plan."""
-    known = [state.elements.get(group.hosts), state.elements.get(group.networks)]
-    source = known[0].source if known[0] is not None else None
-    if (
-        not fresh & {group.hosts, group.networks}
-        and all(k is not None and k.intervals is not None and k.source is source for k in known)
-        and source is not None
-    ):
-        found = ([], []) if source is group.cidrs else sorted_delta(source, group.cidrs)
+    """Per set of ``group``: (add, remove), or None to (re)load it whole from the plan. When
+    both sets hold one same refuse list, its delta to the plan's is split between them."""
+    hosts, nets = state.elements.get(group.hosts), state.elements.get(group.networks)
+    if not fresh & {group.hosts, group.networks} and hosts is not None and nets is not None and None not in (hosts.intervals, nets.intervals) and hosts.source is nets.source:
+        found = list_delta(hosts.source, group.cidrs)
         if found is not None:
-            added = frozenset(map(Interval.from_cidr, found[0]))
-            removed = frozenset(map(Interval.from_cidr, found[1]))
+            added, removed = found
             return {
                 group.hosts: (frozenset(filter(is_host, added)), frozenset(filter(is_host, removed))),
                 group.networks: (added - {i for i in added if is_host(i)}, removed - {i for i in removed if is_host(i)}),
             }
     out: Changes = {}
     for name, want in zip((group.hosts, group.networks), split_hosts(group.cidrs)):
-        have = state.elements.get(name)
-        if name in fresh or have is None or have.intervals is None:
-            out[name] = None
-        else:
-            out[name] = (frozenset(want - have.intervals), frozenset(have.intervals - want))
+        record = state.elements.get(name)
+        # each set holds only part of its source list: compared by elements, not by list
+        out[name] = None if name in fresh or record is None else element_delta(SetRecord(record.intervals), group.cidrs, lambda: want)
     return out
 
 
@@ -296,25 +264,14 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
         problems.append(Problem("unexpected-table", f"inet {TABLE}", "the plan enforces nothing in the kernel"))
         return _Batch(KernelDiff("nftables", plan.generation, state.generation(), tuple(problems)), [m.del_table(TABLE)])
 
-    replace_rules = False
-    missing_chains: list[str] = []
-    recreate_chains: list[str] = []
-    for name, priority in want.chains.items():
-        info = t.chains.get(name)
-        if info is None:
-            problems.append(Problem("missing-chain", f"inet {TABLE} {name}"))
-            missing_chains.append(name)
-            replace_rules = True
-            continue
-        hook = (m.NF_INET_LOCAL_IN, priority, m.NF_ACCEPT, "filter") if priority is not None else (None, None, None, None)
-        if (info.hooknum, info.priority, info.policy, info.type) != hook:
-            problems.append(Problem("modified-chain", f"inet {TABLE} {name}", "hook, priority, type or policy changed"))
-            recreate_chains.append(name)
-            replace_rules = True
-    extra_chains = sorted(name for name in t.chains if name not in want.chains)
-    for name in extra_chains:
-        problems.append(Problem("unexpected-chain", f"inet {TABLE} {name}"))
-        replace_rules = True
+    def in_table(name: str) -> str:
+        return f"inet {TABLE} {name}"
+
+    chains = compare_objects(want.chains, t.chains, _chain_ok)
+    problems += chains.problems("chain", in_table, "hook, priority, type or policy changed")
+    problems += chains.unexpected_problems("chain", in_table)
+    missing_chains, recreate_chains, extra_chains = chains.names("missing"), chains.names("modified"), list(chains.unexpected)
+    replace_rules = bool(chains.changes or chains.unexpected)
 
     # rules, matched to what we want by the key in their comment
     wanted = {r.key: r for r in want.rules}
@@ -348,29 +305,15 @@ def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
 
     pre: list[nfnl.Message] = []  # deletions of sets and counters, once no rule uses them
     post: list[nfnl.Message] = []
-    for name, comment in want.counters.items():
-        if name not in t.counters:
-            problems.append(Problem("missing-counter", name))
-            post.append(m.new_counter(TABLE, name, comment))
-    for name in sorted(t.counters.keys() - want.counters.keys()):
-        problems.append(Problem("unexpected-counter", name))
-        pre.append(m.del_counter(TABLE, name))
-        replace_rules = True
-    for name in sorted(t.sets.keys() - want.sets.keys()):
-        problems.append(Problem("unexpected-set", name))
-        pre.append(m.del_set(TABLE, name))
-        replace_rules = True
-    to_create: list[str] = []
-    for ws in want.sets.values():
-        have = t.sets.get(ws.name)
-        if have is None:
-            problems.append(Problem("missing-set", ws.name))
-            to_create.append(ws.name)
-        elif not _spec_ok(have, ws.spec):
-            problems.append(Problem("modified-set", ws.name, "type or flags changed"))
-            pre.append(m.del_set(TABLE, ws.name))
-            to_create.append(ws.name)
-            replace_rules = True
+    counters = compare_objects(want.counters, t.counters, lambda _want, _have: True)
+    problems += counters.problems("counter", str) + counters.unexpected_problems("counter", str)
+    post += [m.new_counter(TABLE, name, want.counters[name]) for name in counters.names("missing")]
+    sets = compare_objects(want.sets, t.sets, lambda ws, have: _spec_ok(have, ws.spec))
+    problems += sets.unexpected_problems("set", str) + sets.problems("set", str, "type or flags changed")
+    pre += [m.del_counter(TABLE, name) for name in counters.unexpected]
+    pre += [m.del_set(TABLE, name) for name in (*sets.unexpected, *sets.names("modified"))]
+    replace_rules |= bool(counters.unexpected or sets.unexpected or sets.names("modified"))
+    to_create = [name for name, _what in sets.changes]
 
     batch = _Batch(KernelDiff("nftables", plan.generation, state.generation()))
     post += _create_sets(want, to_create, state, batch)
@@ -528,7 +471,7 @@ class NftablesBackend(Backend):
         """``log_group``: NFLOG group for verbose connection logging of refusals (None: off)."""
         super().__init__()
         self.log_group = log_group
-        self._known: _Known | None = None
+        self._cache: DataplaneCache | None = None
         self._sock: tuple[int, nfnl.NfnlSocket] | None = None  # (network namespace, socket)
 
     @classmethod
@@ -572,9 +515,9 @@ class NftablesBackend(Backend):
 
     # ---- reading -------------------------------------------------------------------------
 
-    def _known_here(self) -> _Known | None:
-        known = self._known
-        return known if known is not None and known.netns == netns_id() else None
+    def _cache_here(self) -> DataplaneCache | None:
+        cache = self._cache
+        return cache if cache is not None and cache.here() else None
 
     def _read(self, sock: nfnl.NfnlSocket, want: Desired, trust_known: bool, allow_reload: bool = True) -> NftState:
         """Our table without elements, then the elements of each hosts and networks set: taken
@@ -590,28 +533,28 @@ class NftablesBackend(Backend):
         state = NftState(genid, table)
         if table is None:
             return state
-        known = self._known_here() if trust_known else None
+        cache = self._cache_here() if trust_known else None
         for name, info in table.sets.items():
-            parsed = _parse_set_name(name)
+            parsed = NAMES.parse(name)
             if parsed is None or parsed[0] in ("transit", "promoted") or not _spec_ok(info, _spec(parsed[0], parsed[1])):
                 continue
-            mine = known.sets.get(name) if known is not None else None
-            if known is not None and mine is not None and mine.intervals is not None:
-                if known.genid == genid:
-                    state.elements[name] = mine
-                    continue
-                if allow_reload and len(mine.intervals) > RELOAD_THRESHOLD and known.counts.get(name) != info.count:
-                    state.elements[name] = KnownSet(None)
-                    continue
-            expected = mine.intervals if mine is not None and mine.intervals is not None else None
+            trusted = cache.trusted(name, info.count, genid) if cache is not None else None
+            if trusted is not None:
+                state.elements[name] = trusted
+                continue
+            mine = cache.sets.get(name) if cache is not None else None
+            expected = mine.intervals if mine is not None else None
+            if allow_reload and expected is not None and cache is not None and len(expected) > RELOAD_THRESHOLD and cache.size_changed(name, info.count):
+                state.elements[name] = SetRecord(None)
+                continue
             if expected is None and name in want.sets:
                 expected = _wanted(want, name)
             if expected is not None and info.count is not None:
                 found = self._check(sock, name, parsed[0], expected, info.count)
                 if found is not None:
-                    state.elements[name] = mine if mine is not None and found is expected else KnownSet(found)
+                    state.elements[name] = mine if mine is not None and found is expected else SetRecord(found)
                     continue
-            state.elements[name] = KnownSet(self._read_set(sock, name, parsed[0], parsed[1]))
+            state.elements[name] = SetRecord(self._read_set(sock, name, parsed[0], parsed[1]))
         state.consistent = sock.genid() == genid
         return state
 
@@ -650,25 +593,25 @@ class NftablesBackend(Backend):
             return m.intervals_from_elements(elements, family)
         return frozenset(Interval(family, k, k) for k in (int.from_bytes(e.key, "big") for e in elements))
 
-    def _remember(self, state: NftState, plan: KernelPlan | None, sets: dict[str, KnownSet]) -> None:
+    def _remember(self, state: NftState, plan: KernelPlan | None, sets: dict[str, SetRecord]) -> None:
         """Record a state read in full (or just written) as the base for later cheap checks."""
         if not state.consistent or state.table is None:
-            self._known = None
+            self._cache = None
             return
         counts = {name: info.count for name, info in state.table.sets.items()}
-        self._known = _Known(netns_id(), state.genid, counts, sets, plan)
+        self._cache = DataplaneCache(state.genid, counts, sets, plan)
 
     @staticmethod
-    def _verified_sets(state: NftState, want: Desired, batch: _Batch) -> dict[str, KnownSet]:
+    def _verified_sets(state: NftState, want: Desired, batch: _Batch) -> dict[str, SetRecord]:
         """Sets found equal to the plan remember the refuse list they hold."""
         sources = {name: g.cidrs for g in want.groups for name in (g.hosts, g.networks)}
-        out: dict[str, KnownSet] = {}
+        out: dict[str, SetRecord] = {}
         for name, known in state.elements.items():
             if known.intervals is None:
                 continue
             change = batch.changes.get(name)
             in_sync = change is not None and not change[0] and not change[1] and name in sources
-            out[name] = KnownSet(known.intervals, sources[name] if in_sync else None)
+            out[name] = SetRecord(known.intervals, sources[name] if in_sync else None)
         return out
 
     # ---- Backend -------------------------------------------------------------------------
@@ -687,8 +630,8 @@ class NftablesBackend(Backend):
     @_netlink_errors
     def quick_diff(self, plan: KernelPlan) -> KernelDiff:
         with self._session() as sock:
-            known = self._known_here()
-            if known is not None and known.in_sync_plan is plan and sock.genid() == known.genid:
+            cache = self._cache_here()
+            if cache is not None and cache.in_sync_plan is plan and sock.genid() == cache.generation:
                 return KernelDiff(self.name, plan.generation, plan.generation)
             want = desired(plan, self.log_group)
             state = self._read(sock, want, trust_known=True)
@@ -712,7 +655,7 @@ class NftablesBackend(Backend):
                     for step, msgs in enumerate([batch.msgs, *batch.then]):
                         sock.commit(msgs, state.genid + step)
                 except nfnl.NetlinkError as exc:
-                    self._known = None
+                    self._cache = None
                     if exc.errno == errno.ERESTART and attempt < 4:
                         continue  # someone changed the ruleset after our read: read again
                     raise
@@ -725,15 +668,15 @@ class NftablesBackend(Backend):
     ) -> None:
         """Remember the sets as written, with the sizes the kernel reports for them now."""
         if sock.genid() != expected_genid:
-            self._known = None
+            self._cache = None
             return
-        sets: dict[str, KnownSet] = {}
+        sets: dict[str, SetRecord] = {}
         for group in want.groups:
             for index, name in enumerate((group.hosts, group.networks)):
                 change = batch.changes.get(name)
                 old = before.elements[name].intervals if name in before.elements else None
                 if change is None or old is None:
-                    sets[name] = KnownSet(set(split_hosts(group.cidrs)[index]), group.cidrs)
+                    sets[name] = SetRecord(set(split_hosts(group.cidrs)[index]), group.cidrs)
                     continue
                 add, remove = change
                 if add or remove:
@@ -741,7 +684,7 @@ class NftablesBackend(Backend):
                     mutable.difference_update(remove)
                     mutable.update(add)
                     old = mutable
-                sets[name] = KnownSet(old, group.cidrs)
+                sets[name] = SetRecord(old, group.cidrs)
         table = m.read_table(sock, TABLE)
         state = NftState(expected_genid, table, consistent=sock.genid() == expected_genid)
         self._remember(state, plan, sets)
@@ -749,7 +692,7 @@ class NftablesBackend(Backend):
     @serialized
     @_netlink_errors
     def flush(self) -> bool:
-        self._known = None
+        self._cache = None
         for attempt in range(5):
             with self._session() as sock:
                 genid = sock.genid()
@@ -772,41 +715,29 @@ class NftablesBackend(Backend):
         with self._session() as sock:
             genid = sock.genid()
             table = m.read_table(sock, TABLE)
-            known = self._known_here()
+            cache = self._cache_here()
             sizes: dict[str, dict[str, int]] = {}
             for name, info in table.sets.items() if table is not None else ():
-                parsed = _parse_set_name(name)
+                parsed = NAMES.parse(name)
                 if parsed is None:
                     continue
                 kind, family, lid = parsed
                 if kind == "transit":  # holds copies of networks while they are replaced
                     continue
-                mine = known.sets.get(name) if known is not None else None
-                if kind != "networks" and info.count is not None:
-                    count = info.count  # a hash set's count is its number of elements
-                elif known and mine and mine.intervals is not None and (known.genid == genid or known.counts.get(name) == info.count):
-                    count = len(mine.intervals)
+                trusted = cache.trusted(name, info.count, genid) if cache is not None else None
+                if info.count is not None:  # hash sets count elements, interval sets intervals
+                    count = info.count
+                elif trusted is not None:
+                    count = len(trusted.intervals or ())
                 else:
                     count = len(self._read_set(sock, name, kind, family))
                 label = role_label("promoted" if kind == "promoted" else "refuse", family)
                 per = sizes.setdefault(lid, {})
                 per[label] = per.get(label, 0) + count
-        state = NftState(genid, table)
-        by_lid: dict[str, ListenerLayout] = {ll.lid: ll for ll in layout(plan)} if plan else {}
-        lids = set(by_lid) | set(sizes)
-        if table is not None:
-            lids |= {name.removeprefix("refused_") for name in table.counters}
-        listeners = []
-        for lid in sorted(lids):
-            ll = by_lid.get(lid)
-            counter = table.counters.get(counter_name(lid)) if table is not None else None
-            listeners.append(ListenerStatus(
-                name=ll.name if ll else lid, listener_id=lid,
-                address=ll.plan.address if ll else None, port=ll.port if ll else None,
-                installed=lid in sizes and counter is not None,
-                set_sizes=sizes.get(lid, {}), refused=counter.packets if counter else 0,
-            ))
-        return KernelStatus(self.name, state.generation(), tuple(listeners))
+        counters = table.counters if table is not None else {}
+        refused = {name.removeprefix("refused_"): counter.packets for name, counter in counters.items()}
+        installed = {lid for lid in sizes if counter_name(lid) in counters}
+        return KernelStatus(self.name, NftState(genid, table).generation(), listener_statuses(plan, sizes, refused, installed))
 
     @serialized
     @_netlink_errors
@@ -814,7 +745,7 @@ class NftablesBackend(Backend):
         if not 0 < seconds <= self.max_promote_seconds:
             raise KernelError(f"promotion time must be between 1 and {self.max_promote_seconds} seconds")
         family = ipaddress.ip_address(address).version
-        name = set_name("promoted", listener_id(listener), family)
+        name = NAMES.name("promoted", listener_id(listener), family)
         elem = m.timeout_element(address, seconds)
         # add (so the element exists), delete, add again: replaces an older timeout in one step
         msgs = [
@@ -836,9 +767,9 @@ class NftablesBackend(Backend):
                             "(not kernel-enforced, wrong address family, or the plan is not applied)"
                         ) from exc
                     raise
-            known = self._known_here()
-            if known is not None and known.genid == genid:  # our own commit: the record still holds
-                known.genid = genid + 1
+            cache = self._cache_here()
+            if cache is not None:
+                cache.own_commit(genid)
             return
         raise KernelError("nftables: the ruleset kept changing while promoting")
 
@@ -849,7 +780,7 @@ class NftablesBackend(Backend):
         with self._session() as sock:
             table = m.read_table(sock, TABLE)
             for name in table.sets if table is not None else ():
-                parsed = _parse_set_name(name)
+                parsed = NAMES.parse(name)
                 if parsed is None or parsed[0] != "promoted":
                     continue
                 for e in m.read_elements(sock, TABLE, name):

@@ -50,11 +50,11 @@ def test_ipset_members_with_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_set_names_round_trip() -> None:
-    assert nft._parse_set_name(nft.set_name("hosts", "In_Mail-1a2b3c", 6)) == ("hosts", 6, "In_Mail-1a2b3c")
-    assert nft._parse_set_name("trusted") is None
-    assert ipt._parse_set_name(ipt.set_name("refuse", "In_Mail-1a2b3c", 4)) == ("refuse", 4, "In_Mail-1a2b3c")
-    assert ipt._parse_set_name("netpolicy~In_Mail-r4") is None  # a temporary set is ours but not a live one
-    assert len(ipt.temp_name(ipt.set_name("refuse", "x" * 18, 6))) <= 31
+    assert nft.NAMES.parse(nft.NAMES.name("hosts", "In_Mail-1a2b3c", 6)) == ("hosts", 6, "In_Mail-1a2b3c")
+    assert nft.NAMES.parse("trusted") is None
+    assert ipt.NAMES.parse(ipt.NAMES.name("refuse", "In_Mail-1a2b3c", 4)) == ("refuse", 4, "In_Mail-1a2b3c")
+    assert ipt.NAMES.parse("netpolicy~In_Mail-r4") is None  # a temporary set is ours but not a live one
+    assert len(ipt.temp_name(ipt.NAMES.name("refuse", "x" * 18, 6))) <= 31
 
 
 def test_hash_net_has_no_slash_zero() -> None:
