@@ -5,8 +5,14 @@ turns into a line number); rules that relate one part of the file to another (a 
 unknown group, ALL not last, a RAT on a private listener) live in ``references.py`` and are
 checked once the types are valid.
 
-Sender-group entries are parsed while the model is built, so a million-entry group is parsed
-once and every consumer (HAT index, compiler) works on typed entries.
+Sender-group entries are parsed while the model is built (the loader hands them over already
+parsed), so a million-entry group is parsed once and every consumer (HAT index, compiler) works on
+typed entries.
+
+Values that reach the wire or the kernel are checked here, not where they are used: reply texts,
+names and the host name carry no control characters (a CR LF in a banner text goes out as
+``220 hi\r\n250-x``: reply injection); integers are strict (``port: true`` is not port 1, and
+``1.0e+29`` is not a size) and bounded; paths and the next hop are never empty.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    StringConstraints,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -31,9 +40,26 @@ from netpolicy.policy.entries import Entry, EntryError, parse_entry
 
 Behavior = Literal["accept", "reject", "tcprefuse", "relay", "continue"]
 TlsMode = Literal["off", "preferred", "required"]
-PositiveInt = Annotated[int, Field(gt=0)]
-ReplyCode = Annotated[int, Field(ge=200, le=599)]
-FailureCode = Annotated[int, Field(ge=400, le=599)]
+# Counts fit in 32 bits; anything larger is a typo, not a limit.
+PositiveInt = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
+FailureCode = Annotated[int, Field(strict=True, ge=400, le=599)]
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets; 400 leaves room for the code and for
+# $Hostname / $RemoteIP expanded inside the text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_control(value: str) -> str:
+    if found := _CONTROL.search(value):
+        raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed (CR and LF would end the reply line)")
+    return value
+
+
+ReplyText = Annotated[str, StringConstraints(max_length=400), AfterValidator(_no_control)]
+# Group and policy names reach the wire through $Group / $Policy, and the mail log.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_control)]
+FilePath = Annotated[str, StringConstraints(min_length=1, max_length=4096), AfterValidator(_no_control)]
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>[0-9]{1,5})$")
 
 
 def _parse_entry(value: object) -> Entry:
@@ -64,21 +90,23 @@ class PolicyParams(StrictModel):
 
     max_msgs_per_session: PositiveInt | None = None
     max_rcpts_per_msg: PositiveInt | None = None
-    max_message_size: PositiveInt | None = Field(None, description="bytes")
+    max_message_size: Annotated[int, Field(strict=True, gt=0, le=2**31)] | None = Field(None, description="bytes, at most 2 GiB")
     max_concurrency: PositiveInt | None = Field(None, description="connections per client address")
     max_rcpts_per_hour: PositiveInt | None = Field(None, description="per client address")
     rate_limit_code: FailureCode | None = None
-    rate_limit_text: str | None = None
-    smtp_banner_code: Annotated[int, Field(ge=200, le=299)] | None = None
-    smtp_banner_text: str | None = None
+    rate_limit_text: ReplyText | None = None
+    smtp_banner_code: Annotated[int, Field(strict=True, ge=200, le=299)] | None = None
+    smtp_banner_text: ReplyText | None = None
     reject_banner_code: FailureCode | None = None
-    reject_banner_text: str | None = None
+    reject_banner_text: ReplyText | None = None
     tls: TlsMode | None = None
     dhap_limit: PositiveInt | None = Field(None, description="invalid recipients per hour")
     dhap_code: FailureCode | None = None
-    dhap_text: str | None = None
+    dhap_text: ReplyText | None = None
     promote_after: PositiveInt | None = Field(None, description="offences per hour before kernel refusal")
-    promote_for: PositiveInt | None = Field(None, description="seconds a promoted host stays refused")
+    # ipset's largest timeout (2,147,483 s, about 24.8 days) bounds both backends alike.
+    promote_for: Annotated[int, Field(strict=True, gt=0, le=2_147_483)] | None = Field(
+        None, description="seconds a promoted host stays refused")
 
 
 class MailFlowPolicy(PolicyParams):
@@ -86,8 +114,8 @@ class MailFlowPolicy(PolicyParams):
 
 
 class HatRow(StrictModel):
-    group: str
-    policy: str
+    group: Name
+    policy: Name
 
 
 class RatRow(StrictModel):
@@ -98,37 +126,53 @@ class RatRow(StrictModel):
 class Delivery(StrictModel):
     """Where accepted mail goes: a local Maildir, or the next hop before-queue."""
 
-    maildir: str | None = None
+    maildir: FilePath | None = None
     next_hop: str | None = Field(None, description="host:port; 250 only after the next hop accepted")
     timeout: PositiveInt = Field(60, description="seconds to wait for the next hop")
+
+    @field_validator("next_hop")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
 
     @model_validator(mode="after")
     def _one_sink(self) -> "Delivery":
         if (self.maildir is None) == (self.next_hop is None):
             raise ValueError("delivery needs exactly one of maildir or next_hop")
-        if self.next_hop is not None:
-            split_host_port(self.next_hop)
         return self
 
 
 def split_host_port(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    """``host:port`` or ``[v6]:port``, the host a host name or an address literal."""
+    match = _HOST_PORT.match(text)
+    if match is None or not 0 < int(match["port"]) < 65536:
         raise ValueError(f"{text!r} is not host:port")
-    return host.strip("[]"), int(port)
+    host = match["v6"] or match["host"]
+    if not _is_host(host):
+        raise ValueError(f"{text!r} is not host:port ({host!r} is neither a host name nor an address)")
+    return host, int(match["port"])
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return _HOSTNAME.match(text) is not None
 
 
 class Listener(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,23}$", description="also names the kernel sets")
     type: Literal["public", "private"] = "public"
     address: str
-    port: int = Field(25, ge=1, le=65535)
-    hostname: str = "localhost"
-    delayed_reject: bool = False
-    kernel: bool = True
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    port: int = Field(25, strict=True, ge=1, le=65535)
+    hostname: str = Field("localhost", description="a host name (RFC 1123): it is sent in banners and replies")
+    delayed_reject: bool = Field(False, strict=True)
+    kernel: bool = Field(True, strict=True)
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
     hat: list[HatRow] = Field(min_length=1)
     rat: list[RatRow] | None = None
     defaults: PolicyParams = PolicyParams()
@@ -142,6 +186,13 @@ class Listener(StrictModel):
         except ValueError:
             raise ValueError(f"{value!r} is not an IPv4 or IPv6 literal") from None
 
+    @field_validator("hostname")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if _HOSTNAME.match(value) is None:
+            raise ValueError(f"{value[:80]!r} is not a host name (letters, digits, hyphens and dots)")
+        return value
+
     @property
     def family(self) -> int:
         return 6 if ":" in self.address else 4
@@ -150,8 +201,15 @@ class Listener(StrictModel):
 class Policy(StrictModel):
     version: Literal[1]
     listeners: list[Listener] = Field(min_length=1)
-    sender_groups: dict[str, list[SenderEntry]] = {}
-    mail_flow_policies: dict[str, MailFlowPolicy]
+    sender_groups: dict[Name, list[SenderEntry]] = {}
+    mail_flow_policies: dict[Name, MailFlowPolicy]
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_number(cls, value: object) -> object:
+        if type(value) is not int:  # Literal[1] alone takes true and 1.0
+            raise ValueError("must be the number 1")
+        return value
 
     def listener(self, name: str) -> Listener:
         for listener in self.listeners:
