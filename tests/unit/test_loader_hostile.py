@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netpolicy.cli import cli
-from netpolicy.policy import loader
+from netpolicy.policy import loader, yamltree
 
 EXAMPLE = (Path(__file__).parents[2] / "examples" / "policy.yml").read_bytes()
 TIME_BOUND = 3.0  # seconds per in-process case; they take milliseconds
@@ -125,13 +125,13 @@ def test_bom_at_the_start_is_allowed(tmp_path: Path) -> None:
 
 def test_node_and_structure_caps_name_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caps themselves, made small; the real ones are exercised in a child process below."""
-    monkeypatch.setattr(loader, "MAX_NODES", 200)
+    monkeypatch.setattr(yamltree, "MAX_NODES", 200)
     path = tmp_path / "policy.yml"
     path.write_bytes(EXAMPLE.replace(b"RELAYLIST: []", b"RELAYLIST: [" + b"10.0.0.1, " * 300 + b"]"))
     code, _, err, _ = validate(path)
     assert code == 1 and assert_refused_cleanly(path, err) == [f"{path}:{line_of(EXAMPLE, 'RELAYLIST: []')}: more than 200 values: too large for one policy"]
-    monkeypatch.setattr(loader, "MAX_NODES", 10**6)
-    monkeypatch.setattr(loader, "MAX_STRUCTURE", 200)
+    monkeypatch.setattr(yamltree, "MAX_NODES", 10**6)
+    monkeypatch.setattr(yamltree, "MAX_STRUCTURE", 200)
     path.write_bytes(EXAMPLE + b"".join(b"k%d: 1\n" % i for i in range(300)))
     code, _, err, _ = validate(path)
     assert code == 1 and "more than 200 values outside sender-group entries" in err
