@@ -563,8 +563,9 @@ class NftablesBackend(Backend):
         """The elements of a hosts or networks set found by lookups of ``expected`` (the set
         itself when it holds exactly that), or None when only a dump can tell.
 
-        Why not a dump: the kernel restarts its walk of a set for every dump message, so
-        reading 1M intervals back takes ~80 s on kernel 6.18; 2M batched lookups take ~6 s."""
+        Why not a dump: the kernel restarts its walk of a set for every dump message, so a
+        fresh diff of a plan of 1M networks took 222 s on kernel 6.18 (the project machine,
+        shared and loaded; ~80 s quiet), and takes 8.8 s by 2M batched lookups."""
         if kind == "hosts":
             return cls._check_hosts(sock, name, expected, count)
         if count != len(expected):

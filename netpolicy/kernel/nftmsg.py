@@ -500,7 +500,16 @@ def interval_lookups(intervals: Sequence[Interval]) -> tuple[list[bytes], list[b
     queries: list[bytes] = []
     answers: list[bytes] = []
     query, answer = queries.append, answers.append
+    q_start, q_end, a_start, a_end, flag = _PREFIX[4, False], _PREFIX[4, True], _ANSWER[4, False], _ANSWER[4, True], _END_FLAG
+    pack4 = struct.Struct(">I").pack
     for version, first, last in intervals:
+        if version == 4 and last != 0xFFFFFFFF:  # the common case, inlined: 1M intervals in ~0.6 s
+            end = pack4(last + 1) + flag
+            query(q_start + pack4(last))
+            answer(a_start + pack4(first))
+            query(q_end + end)
+            answer(a_end + end)
+            continue
         alen = 4 if version == 4 else 16
         query(_PREFIX[alen, False] + last.to_bytes(alen, "big"))
         answer(_ANSWER[alen, False] + first.to_bytes(alen, "big"))
