@@ -13,7 +13,6 @@ import errno
 import os
 import select
 import socket
-import struct
 
 MSG_WAITFORONE = 0x10000
 MSG_TRUNC = 0x20
@@ -39,13 +38,12 @@ _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
 _FLAGS_AT = _Mmsghdr.hdr.offset + _Msghdr.flags.offset
-# msghdr's flags, then mmsghdr's len, read with one unpack
-_FIELDS = struct.Struct(f"=i{_Mmsghdr.len.offset - _FLAGS_AT - 4}xI")
 
 
 class Receiver:
     """Up to ``slots`` datagrams of at most ``size`` bytes per ``receive`` from ``sock``; a
-    datagram ``i`` is ``view[i * size : i * size + length(i)]``."""
+    datagram ``i`` is ``view[i * size : i * size + lengths[i]]``, cut short when ``flags[i]``
+    has MSG_TRUNC (``lengths`` and ``flags`` index the kernel's per-datagram fields in place)."""
 
     def __init__(self, sock: socket.socket, slots: int = 256, size: int = 512) -> None:
         self.sock, self.slots, self.size = sock, slots, size
@@ -53,12 +51,15 @@ class Receiver:
         self.view = memoryview(self._buf).cast("B")
         self._iov = (_Iovec * slots)()
         self._msgs = (_Mmsghdr * slots)()
-        self._meta = memoryview(self._msgs).cast("B")
         base = ctypes.addressof(self._buf)
         for i in range(slots):
             self._iov[i].base, self._iov[i].len = base + i * size, size
             self._msgs[i].hdr.iov, self._msgs[i].hdr.iovlen = ctypes.addressof(self._iov[i]), 1
-        self._stride = ctypes.sizeof(_Mmsghdr)
+        stride = ctypes.sizeof(_Mmsghdr)
+        assert stride % 4 == 0 and _FLAGS_AT % 4 == 0 and _Mmsghdr.len.offset % 4 == 0
+        words = memoryview(self._msgs).cast("B")
+        self.lengths = words.cast("I")[_Mmsghdr.len.offset // 4 :: stride // 4]
+        self.flags = words.cast("i")[_FLAGS_AT // 4 :: stride // 4]
 
     def receive(self, timeout: float) -> int:
         """How many datagrams arrived (at least one); waits up to ``timeout`` seconds."""
@@ -76,8 +77,3 @@ class Receiver:
             poller.register(fd, select.POLLIN)
             if not poller.poll(timeout * 1000):
                 raise TimeoutError("no answer from the kernel")
-
-    def length(self, i: int) -> int:
-        """Bytes of datagram ``i``; -1 when it did not fit in its slot."""
-        flags, length = _FIELDS.unpack_from(self._meta, i * self._stride + _FLAGS_AT)
-        return -1 if flags & MSG_TRUNC else int(length)

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from netpolicy.kernel.mrecv import Receiver
+from netpolicy.kernel.mrecv import MSG_TRUNC, Receiver
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -310,20 +310,17 @@ class NfnlSocket:
         receiver = self._receiver
         seq = next(_seq)
         self.sock.send(Message(request.kind, request.family, request.body, request.flags | NLM_F_ACK).encode(seq))
-        view, slot, length_of = receiver.view, receiver.size, receiver.length
+        view, slot, lengths, truncated = receiver.view, receiver.size, receiver.lengths, receiver.flags
         unpack = _HDR.unpack_from
         answers, ok, limit = 0, True, len(tails)
         while True:
             for i in range(receiver.receive(TIMEOUT)):
                 pos = i * slot
-                size = length_of(i)
-                if size < 0:  # too big for its slot: not one of our answers
-                    ok = False
-                    continue
-                stop = pos + size
+                stop = pos + (slot if truncated[i] & MSG_TRUNC else lengths[i])
+                ok = ok and stop - pos < slot  # a datagram too big for its slot is no answer of ours
                 while pos + 16 <= stop:
                     length, kind, flags, mseq, _pid = unpack(view, pos)
-                    end = pos + length
+                    end = min(pos + length, stop)
                     if mseq == seq:
                         if kind == NLMSG_ERROR:
                             return answers, self._error(view[pos + 16 : end], flags)[0], ok
