@@ -98,7 +98,7 @@ def test_argument_specs_cover_every_default() -> None:
 def test_shipped_policies_validate(source: str, tmp_path: Path) -> None:
     if source == "role defaults":
         policy = _defaults()["netpolicy_policy"]
-        text = yaml.safe_dump(policy).replace("{{ ansible_facts['fqdn'] | default(inventory_hostname) }}", "mx.example.test")
+        text = yaml.safe_dump(policy, width=10_000).replace("{{ ansible_facts['fqdn'] | default(inventory_hostname) }}", "mx.example.test")
         text = text.replace("{{ ansible_facts['domain'] | default('example.test', true) }}", "example.test")
         policy = yaml.safe_load(text)
     else:
