@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -94,13 +95,26 @@ def test_argument_specs_cover_every_default() -> None:
         assert specs[name].get("default") == value, name
 
 
+def _substituted(value: Any, facts: dict[str, str]) -> Any:
+    """``value`` with each Jinja expression in ``facts`` replaced as Ansible would render it."""
+    if isinstance(value, dict):
+        return {k: _substituted(v, facts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substituted(v, facts) for v in value]
+    if isinstance(value, str):
+        for expression, rendered in facts.items():
+            value = value.replace(expression, rendered)
+    return value
+
+
 @pytest.mark.parametrize("source", ["role defaults", "group_vars/mx.yml"])
 def test_shipped_policies_validate(source: str, tmp_path: Path) -> None:
     if source == "role defaults":
-        policy = _defaults()["netpolicy_policy"]
-        text = yaml.safe_dump(policy, width=10_000).replace("{{ ansible_facts['fqdn'] | default(inventory_hostname) }}", "mx.example.test")
-        text = text.replace("{{ ansible_facts['domain'] | default('example.test', true) }}", "example.test")
-        policy = yaml.safe_load(text)
+        facts = {
+            "{{ ansible_facts['fqdn'] | default(inventory_hostname) }}": "mx.example.test",
+            "{{ ansible_facts['domain'] | default('example.test', true) }}": "example.test",
+        }
+        policy = _substituted(_defaults()["netpolicy_policy"], facts)
     else:
         policy = yaml.safe_load((ANSIBLE / "group_vars" / "mx.yml").read_text())["netpolicy_policy"]
     path = tmp_path / "policy.yml"
