@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netpolicy.kernel import select_backend  # noqa: E402
 from netpolicy.kernel.base import Backend  # noqa: E402
-from netpolicy.plan import KernelPlan, ListenerPlan  # noqa: E402
+from netpolicy.model.plan import KernelPlan, ListenerPlan  # noqa: E402
 from tests.netns import Netns, net_pair, run  # noqa: E402
 
 PORT = 2525

@@ -18,9 +18,9 @@ import random
 import sys
 import time
 
-from netpolicy.compiler import compile_policy
-from netpolicy.hat import build_hat_indexes
-from netpolicy.policy.model import Policy
+from netpolicy.model.compiler import compile_policy
+from netpolicy.model.hat import build_hat_indexes
+from netpolicy.model.policy import Policy
 
 
 def entries(n: int, rng: random.Random) -> list[str]:

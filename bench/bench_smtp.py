@@ -78,8 +78,8 @@ class _NoDns:
 
 
 def serve_netpolicy(port: int, workdir: str, workers: int) -> None:
-    from netpolicy.hat import build_hat_indexes
-    from netpolicy.policy import load_policy
+    from netpolicy.model import load_policy
+    from netpolicy.model.hat import build_hat_indexes
 
     policy = load_policy(os.path.join(ROOT, "examples", "policy.yml"))
     model = policy.listener("IncomingMail")
@@ -94,8 +94,8 @@ def serve_netpolicy(port: int, workdir: str, workers: int) -> None:
 
 
 def _run_netpolicy(model: object, hat: object, workdir: str, worker: int, workers: int) -> None:
-    from netpolicy.maillog import MailLog
     from netpolicy.smtp import SmtpListener
+    from netpolicy.smtp.maillog import MailLog
 
     async def main() -> None:
         maillog = MailLog(os.path.join(workdir, f"mail.log.{worker}"), first_id=worker + 1, id_step=workers)

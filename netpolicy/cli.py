@@ -18,13 +18,19 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from netpolicy.compiler import compile_listener, compile_policy
-from netpolicy.hat import HatIndex, build_groups
-from netpolicy.kernel import BACKENDS, KernelDiff, KernelError, MissingCapability, select_backend
-from netpolicy.policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
-from netpolicy.policy.entries import EntryError, address_to_int
-from netpolicy.policy.hat_import import import_hat
-from netpolicy.policy.model import Policy as PolicyModel
+from netpolicy.kernel import (
+    BACKENDS,
+    KernelDiff,
+    KernelError,
+    MissingCapability,
+    select_backend,
+)
+from netpolicy.model import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
+from netpolicy.model.compiler import compile_listener, compile_policy
+from netpolicy.model.entries import EntryError, address_to_int
+from netpolicy.model.hat import HatIndex, build_groups
+from netpolicy.model.hat_import import import_hat
+from netpolicy.model.policy import Policy as PolicyModel
 
 console = Console()
 err_console = Console(stderr=True)
@@ -267,8 +273,8 @@ def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hos
 def serve(policy_path: str, backend: str, mail_log: str | None, verbose_connections: bool, metrics: str | None, interval: float,
           full_sync: float) -> None:
     """Listeners and kernel on one policy generation; SIGHUP or a file change reloads."""
-    from netpolicy.serve import ServeOptions
-    from netpolicy.serve import serve as run_daemon
+    from netpolicy.daemon.serve import ServeOptions
+    from netpolicy.daemon.serve import serve as run_daemon
 
     options = ServeOptions(policy_path, backend, mail_log, verbose_connections, metrics, interval, interval, full_sync)
     sys.exit(run_daemon(options))

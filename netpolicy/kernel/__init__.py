@@ -1,13 +1,19 @@
 """The kernel layer: TCPREFUSE pushed into netfilter sets, one backend per netfilter flavour.
 
 ``select_backend`` picks one; everything else talks to the ``Backend`` interface
-(netpolicy.kernel.base) and the values in netpolicy.kernel.model.
+(netpolicy.kernel.base) and the values in netpolicy.kernel.values.
 """
 
 from __future__ import annotations
 
 from netpolicy.kernel.base import Backend, has_net_admin, require_net_admin
-from netpolicy.kernel.model import KernelDiff, KernelError, KernelStatus, MissingCapability, Promotion
+from netpolicy.kernel.values import (
+    KernelDiff,
+    KernelError,
+    KernelStatus,
+    MissingCapability,
+    Promotion,
+)
 
 BACKENDS = ("auto", "nftables", "iptables")
 

@@ -18,8 +18,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, Concatenate, ParamSpec, TypeVar
 
-from netpolicy.kernel.model import KernelDiff, KernelStatus, MissingCapability, Promotion
-from netpolicy.plan import KernelPlan
+from netpolicy.kernel.values import (
+    KernelDiff,
+    KernelStatus,
+    MissingCapability,
+    Promotion,
+)
+from netpolicy.model.plan import KernelPlan
 
 CAP_NET_ADMIN = 12
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import socket
 
-from netpolicy.kernel.model import Interval
+from netpolicy.kernel.values import Interval
 
 CHUNK = 2048
 

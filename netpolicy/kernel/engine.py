@@ -37,8 +37,8 @@ from typing import TypeVar
 from netpolicy.kernel.base import netns_id
 from netpolicy.kernel.delta import sorted_delta
 from netpolicy.kernel.layout import ListenerLayout, layout
-from netpolicy.kernel.model import Interval, ListenerStatus, Problem
-from netpolicy.plan import KernelPlan
+from netpolicy.kernel.values import Interval, ListenerStatus, Problem
+from netpolicy.model.plan import KernelPlan
 
 ElementDelta = tuple[frozenset[Interval], frozenset[Interval]]  # (add, remove)
 W = TypeVar("W")

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from netpolicy.kernel.model import KernelError, MissingCapability
+from netpolicy.kernel.values import KernelError, MissingCapability
 
 OWNED_PREFIX = "netpolicy"
 

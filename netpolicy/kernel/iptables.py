@@ -46,12 +46,33 @@ from typing import Any
 from netpolicy.kernel import ipset
 from netpolicy.kernel.base import Backend, serialized
 from netpolicy.kernel.delta import split_hosts
-from netpolicy.kernel.engine import DataplaneCache, SetNames, SetRecord, compare_objects, element_delta, listener_statuses
-from netpolicy.kernel.layout import OwnedSet, layout, listener_id, rule_comment, split_comment
-from netpolicy.kernel.model import (
-    Interval, KernelDiff, KernelError, KernelStatus, MissingCapability, Problem, Promotion, SetDelta, role_label,
+from netpolicy.kernel.engine import (
+    DataplaneCache,
+    SetNames,
+    SetRecord,
+    compare_objects,
+    element_delta,
+    listener_statuses,
 )
-from netpolicy.plan import KernelPlan
+from netpolicy.kernel.layout import (
+    OwnedSet,
+    layout,
+    listener_id,
+    rule_comment,
+    split_comment,
+)
+from netpolicy.kernel.values import (
+    Interval,
+    KernelDiff,
+    KernelError,
+    KernelStatus,
+    MissingCapability,
+    Problem,
+    Promotion,
+    SetDelta,
+    role_label,
+)
+from netpolicy.model.plan import KernelPlan
 
 CHAIN = "NETPOLICY"
 XT_LOCK_PATH = "/run/xtables.lock"

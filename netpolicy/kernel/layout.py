@@ -15,8 +15,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from netpolicy.kernel.model import KernelError, role_label
-from netpolicy.plan import KernelPlan, ListenerPlan
+from netpolicy.kernel.values import KernelError, role_label
+from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 # ipset names are limited to 31 characters: "netpolicy-" + id + "-r4" must fit.
 MAX_ID = 18

@@ -47,26 +47,47 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
-from netpolicy.intervals import intersecting
 from netpolicy.kernel import nfnl
 from netpolicy.kernel import nftmsg as m
 from netpolicy.kernel.base import Backend, netns_id, serialized
 from netpolicy.kernel.delta import is_host, split_hosts
 from netpolicy.kernel.engine import (
-    DataplaneCache, SetNames, SetRecord, compare_objects, element_delta, list_delta, listener_statuses,
+    DataplaneCache,
+    SetNames,
+    SetRecord,
+    compare_objects,
+    element_delta,
+    list_delta,
+    listener_statuses,
 )
-from netpolicy.kernel.layout import COMMENT_PREFIX, OwnedSet, layout, listener_id, rule_comment, split_comment
-from netpolicy.kernel.model import (
-    Interval, KernelDiff, KernelError, KernelStatus, MissingCapability, Problem, Promotion, SetDelta, role_label,
+from netpolicy.kernel.layout import (
+    COMMENT_PREFIX,
+    OwnedSet,
+    layout,
+    listener_id,
+    rule_comment,
+    split_comment,
 )
-from netpolicy.plan import KernelPlan
+from netpolicy.kernel.values import (
+    Interval,
+    KernelDiff,
+    KernelError,
+    KernelStatus,
+    MissingCapability,
+    Problem,
+    Promotion,
+    SetDelta,
+    role_label,
+)
+from netpolicy.model.intervals import intersecting
+from netpolicy.model.plan import KernelPlan
 
 TABLE = "netpolicy"
 CHAIN = "input"
 PRIORITY = -10
 TABLE_COMMENT = "managed by netpolicy: changes made here are reverted"
 KINDS = ("hosts", "networks", "transit", "promoted")
-LOG_PREFIX = "netpolicy:"  # NFLOG prefix, followed by the listener id (see netpolicy.nflog)
+LOG_PREFIX = "netpolicy:"  # NFLOG prefix, followed by the listener id (see netpolicy.kernel.nflog)
 LOG_RATE, LOG_BURST = 50, 100  # verbose logging of refusals: packets per second, burst
 # Above this many elements, a set whose size changed is reloaded rather than read back: the
 # kernel restarts its walk of a set for every dump message, so reading 1M entries takes minutes.

@@ -15,8 +15,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from netpolicy.kernel import nfnl
-from netpolicy.kernel.model import Interval
-from netpolicy.kernel.nfnl import Message, attrs, be32, be64, get_be32, get_be64, get_str, iter_attrs, nest, strz
+from netpolicy.kernel.nfnl import (
+    Message,
+    attrs,
+    be32,
+    be64,
+    get_be32,
+    get_be64,
+    get_str,
+    iter_attrs,
+    nest,
+    strz,
+)
+from netpolicy.kernel.values import Interval
 
 FAMILY = nfnl.NFPROTO_INET
 

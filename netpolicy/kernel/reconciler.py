@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 from netpolicy.kernel.base import Backend
 from netpolicy.kernel.layout import listener_id
-from netpolicy.kernel.model import KernelDiff, KernelError
-from netpolicy.plan import KernelPlan
+from netpolicy.kernel.values import KernelDiff, KernelError
+from netpolicy.model.plan import KernelPlan
 
 log = logging.getLogger("netpolicy.reconciler")
 

@@ -2,17 +2,23 @@
 
 Built on aiosmtpd 1.4.6 (pinned: ``session.PolicySMTP`` replaces its connect path). Modules:
 
-- ``listener``: ``SmtpListener`` (the API ``serve`` calls), ``SessionLimits``, ``ListenerStats``.
+- ``listener``: ``SmtpListener`` (the API ``serve`` calls): the socket and its sessions.
+- ``services``: what sessions share: ``SessionLimits``, ``ListenerStats``, the ``Generation``.
 - ``session``: ``PolicySMTP``, one connection: decision before the banner, limits, RAT, TLS.
-- ``counters``: per-client-address state across connections (``Counters``, in-memory impl).
-- ``delivery``: lossless hand-off to a Maildir or a next hop (250 only once the mail is safe).
-- ``lines``: strict CRLF line reading (smuggling defence), size enforced while reading.
+- ``paths``: MAIL/RCPT paths read by RFC 5321's grammar.
 - ``rat``: the Recipient Access Table.
+- ``counters``: per-client-address state across connections (``Counters``, in-memory impl).
+- ``lines`` and ``spool``: strict CRLF reading (smuggling defence), a message held once.
+- ``delivery``: lossless hand-off to a Maildir or a next hop (250 only once the mail is safe).
+- ``resolver``: forward-confirmed reverse DNS and DNS lists.
+- ``maillog``: the mail log in the appliance's format.
+- ``fds``: descriptor headroom (new sessions get 421 before the process runs out).
 
-The mail log is ``netpolicy.maillog.MailLog``.
+Nothing here touches the kernel: ``netpolicy.daemon`` joins this side and ``netpolicy.kernel``.
 """
 
 from netpolicy.smtp.counters import Counters, InMemoryCounters
-from netpolicy.smtp.listener import ListenerStats, OffenceHook, SessionLimits, SmtpListener
+from netpolicy.smtp.listener import SmtpListener
+from netpolicy.smtp.services import ListenerStats, OffenceHook, SessionLimits
 
 __all__ = ["Counters", "InMemoryCounters", "ListenerStats", "OffenceHook", "SessionLimits", "SmtpListener"]

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from netpolicy.policy.model import Delivery, split_host_port
+from netpolicy.model.policy import Delivery, split_host_port
 from netpolicy.smtp.spool import Spool
 
 log = logging.getLogger("netpolicy.smtp")

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netpolicy.policy.model import RatRow
+from netpolicy.model.policy import RatRow
 from netpolicy.smtp.paths import is_mailbox, is_postmaster, is_routed
 
 

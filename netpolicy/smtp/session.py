@@ -27,19 +27,23 @@ import logging
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
-from netpolicy.hat import Decision, Resolver
-from netpolicy.policy.effective import expand_text
+from netpolicy.model.effective import expand_text
+from netpolicy.model.hat import Decision, Resolver
 from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
-from netpolicy.smtp.lines import BareNewline, LineTooLong, MessageData, read_command, read_message
+from netpolicy.smtp.lines import (
+    BareNewline,
+    LineTooLong,
+    MessageData,
+    read_command,
+    read_message,
+)
 from netpolicy.smtp.paths import parse_path
+from netpolicy.smtp.services import Generation, Services
 from netpolicy.smtp.spool import DATA_FLOOR, Spool, shared_budget
-
-if TYPE_CHECKING:
-    from netpolicy.smtp.listener import Generation, Services
 
 log = logging.getLogger("netpolicy.smtp")
 
@@ -93,7 +97,7 @@ def _status(code: int, subject_detail: str) -> str:
 class PolicySMTP(SMTP):
     """An SMTP session whose every answer comes from the decision made at connect."""
 
-    def __init__(self, generation: "Generation", services: "Services") -> None:
+    def __init__(self, generation: Generation, services: Services) -> None:
         self.gen = generation
         self.services = services
         self._init_aiosmtpd_state(generation.listener.hostname, services.limits.command_timeout, services.limits.line_length)
@@ -278,6 +282,15 @@ class PolicySMTP(SMTP):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def end(self, reply: str) -> asyncio.Task[None] | None:
+        """Shut the session down (listener stop): ``reply`` if the client can still hear it,
+        then close. Returns the session's task, to be waited for."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(reply.encode("ascii", "replace") + b"\r\n")  # type: ignore[attr-defined]
+            transport.close()
+        return self._handler_coroutine
 
     def data_received(self, data: bytes) -> None:
         if not self._greeted and not self.early:

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from netpolicy.hat import Decision, HatIndex, build_hat_indexes
-from netpolicy.maillog import MailLog
-from netpolicy.policy import Policy, parse_policy
+from netpolicy.model import Policy, parse_policy
+from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.smtp import InMemoryCounters, SessionLimits, SmtpListener
-from tests.netns import NetPair, Netns, net_pair
+from netpolicy.smtp.maillog import MailLog
+from tests.netns import Netns, NetPair, net_pair
 
 PORT = 2525
 

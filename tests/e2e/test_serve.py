@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.serve_policy import ACCEPTED, BLOCKED, LATER, PORT, REJECTED, policy_text, write_policy
+from tests.e2e.serve_policy import (
+    ACCEPTED,
+    BLOCKED,
+    LATER,
+    PORT,
+    REJECTED,
+    policy_text,
+    write_policy,
+)
 from tests.netns import NetPair
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))

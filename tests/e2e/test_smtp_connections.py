@@ -20,8 +20,15 @@ from pathlib import Path
 
 from tests.e2e.serve_policy import PORT as SERVE_PORT
 from tests.e2e.serve_policy import write_policy
-from tests.e2e.smtp_support import PLAIN, FakeResolver, SmtpEnv, env, policy_dict, smtp_pair
-from tests.netns import NetPair, Netns
+from tests.e2e.smtp_support import (
+    PLAIN,
+    FakeResolver,
+    SmtpEnv,
+    env,
+    policy_dict,
+    smtp_pair,
+)
+from tests.netns import Netns, NetPair
 
 __all__ = ["smtp_pair"]
 

@@ -15,7 +15,15 @@ import pytest
 
 from netpolicy.smtp import SessionLimits
 from netpolicy.smtp.spool import shared_budget
-from tests.e2e.smtp_support import PLAIN, TRUSTED, Answer, RawClient, SmtpEnv, env, smtp_pair
+from tests.e2e.smtp_support import (
+    PLAIN,
+    TRUSTED,
+    Answer,
+    RawClient,
+    SmtpEnv,
+    env,
+    smtp_pair,
+)
 from tests.e2e.test_smtp_handoff import ScriptedHop, hop_env
 from tests.netns import NetPair
 

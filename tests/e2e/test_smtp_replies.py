@@ -9,12 +9,24 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from netpolicy.maillog import MailLog
 from netpolicy.smtp import SmtpListener
 from netpolicy.smtp.listener import listening_socket
+from netpolicy.smtp.maillog import MailLog
 from tests.e2e.smtp_support import (
-    HARVESTER, LISTED, PLAIN, RELAY, REJECTED, SPAMMY, THROTTLED, TRUSTED, FakeResolver, RawClient, build, env,
-    policy_dict, smtp_pair,
+    HARVESTER,
+    LISTED,
+    PLAIN,
+    REJECTED,
+    RELAY,
+    SPAMMY,
+    THROTTLED,
+    TRUSTED,
+    FakeResolver,
+    RawClient,
+    build,
+    env,
+    policy_dict,
+    smtp_pair,
 )
 from tests.netns import NetPair
 

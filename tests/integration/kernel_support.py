@@ -19,8 +19,8 @@ import pytest
 
 from netpolicy.kernel import KernelError, select_backend
 from netpolicy.kernel.base import Backend
-from netpolicy.plan import KernelPlan, ListenerPlan
-from tests.netns import NetPair, Netns
+from netpolicy.model.plan import KernelPlan, ListenerPlan
+from tests.netns import Netns, NetPair
 
 PORT = 2525
 LISTENER = "IncomingMail"

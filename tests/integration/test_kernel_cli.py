@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kernel_support import BACKENDS, BLOCKED_HOST, PORT, backend_in, listening, outcome
-from tests.netns import NetPair, Netns
+from tests.integration.kernel_support import (
+    BACKENDS,
+    BLOCKED_HOST,
+    PORT,
+    backend_in,
+    listening,
+    outcome,
+)
+from tests.netns import Netns, NetPair
 
 pytestmark = pytest.mark.netns
 

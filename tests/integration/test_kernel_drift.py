@@ -13,9 +13,18 @@ import pytest
 from netpolicy.kernel import nftables as nft
 from netpolicy.kernel.reconciler import Reconciler
 from tests.integration.kernel_support import (
-    BACKENDS, BLOCKED_HOST, BLOCKED_NET, LISTENER, PORT, backend_in, listening, make_plan, outcome, wait_for,
+    BACKENDS,
+    BLOCKED_HOST,
+    BLOCKED_NET,
+    LISTENER,
+    PORT,
+    backend_in,
+    listening,
+    make_plan,
+    outcome,
+    wait_for,
 )
-from tests.netns import NetPair, Netns
+from tests.netns import Netns, NetPair
 
 pytestmark = pytest.mark.netns
 

@@ -8,10 +8,19 @@ import time
 import pytest
 
 from netpolicy.kernel.base import Backend
-from netpolicy.kernel.model import KernelError
+from netpolicy.kernel.values import KernelError
 from tests.capture import Capture
 from tests.integration.kernel_support import (
-    BACKENDS, BLOCKED_HOST, BLOCKED_HOST6, BLOCKED_NET_HOST, LISTENER, PORT, backend_in, listening, make_plan, outcome,
+    BACKENDS,
+    BLOCKED_HOST,
+    BLOCKED_HOST6,
+    BLOCKED_NET_HOST,
+    LISTENER,
+    PORT,
+    backend_in,
+    listening,
+    make_plan,
+    outcome,
 )
 from tests.netns import NetPair
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.kernel_support import BACKENDS, add_foreign_state, backend_in, foreign_snapshot, make_plan
+from tests.integration.kernel_support import (
+    BACKENDS,
+    add_foreign_state,
+    backend_in,
+    foreign_snapshot,
+    make_plan,
+)
 from tests.netns import NetPair
 
 pytestmark = pytest.mark.netns
@@ -35,7 +41,7 @@ def test_foreign_objects_are_untouched_by_apply_and_flush(netpair: NetPair, back
 
 
 def test_a_plan_without_kernel_listeners_removes_our_table(netpair: NetPair) -> None:
-    from netpolicy.plan import KernelPlan, ListenerPlan
+    from netpolicy.model.plan import KernelPlan, ListenerPlan
 
     ns = netpair.server
     backend = backend_in(ns, "nftables")

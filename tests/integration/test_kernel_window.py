@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.kernel_support import BACKENDS, BLOCKED_HOST, PORT, Prober, backend_in, listening, make_plan
+from tests.integration.kernel_support import (
+    BACKENDS,
+    BLOCKED_HOST,
+    PORT,
+    Prober,
+    backend_in,
+    listening,
+    make_plan,
+)
 from tests.netns import NetPair
 
 pytestmark = pytest.mark.netns

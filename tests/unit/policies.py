@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from netpolicy.policy.model import Policy
+from netpolicy.model.policy import Policy
 
 
 def make_policy(

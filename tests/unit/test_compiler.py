@@ -1,7 +1,7 @@
 """Compiler: minimal refuse sets, hole carving, userland-only entries with their reasons."""
 
-from netpolicy.compiler import compile_policy
-from netpolicy.plan import UserlandOnly
+from netpolicy.model.compiler import compile_policy
+from netpolicy.model.plan import UserlandOnly
 from tests.unit.policies import make_policy
 
 

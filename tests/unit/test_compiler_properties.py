@@ -14,10 +14,10 @@ import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netpolicy.compiler import compile_listener
-from netpolicy.hat import build_hat_indexes
-from netpolicy.policy.entries import address_to_int
-from netpolicy.policy.model import Policy
+from netpolicy.model.compiler import compile_listener
+from netpolicy.model.entries import address_to_int
+from netpolicy.model.hat import build_hat_indexes
+from netpolicy.model.policy import Policy
 from tests.unit.policies import make_policy
 
 BEHAVIORS = ["accept", "reject", "tcprefuse", "relay", "continue"]

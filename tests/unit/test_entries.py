@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from netpolicy.policy.entries import (
+from netpolicy.model.entries import (
     AddressEntry,
     AllEntry,
     DnsListEntry,

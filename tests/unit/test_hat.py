@@ -2,8 +2,8 @@
 
 import asyncio
 
-from netpolicy.hat import HatIndex, build_hat_indexes
-from netpolicy.policy.model import Policy
+from netpolicy.model.hat import HatIndex, build_hat_indexes
+from netpolicy.model.policy import Policy
 from tests.unit.policies import make_policy
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netpolicy.hat import HatIndex, build_hat_indexes
-from netpolicy.policy import Policy, parse_policy
-from netpolicy.policy.hat_import import HatImportError, import_hat
+from netpolicy.model import Policy, parse_policy
+from netpolicy.model.hat import HatIndex, build_hat_indexes
+from netpolicy.model.hat_import import HatImportError, import_hat
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "hat_export.txt"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netpolicy.intervals import intersecting, merge, subtract
+from netpolicy.model.intervals import intersecting, merge, subtract
 
 span = st.tuples(st.integers(0, 63), st.integers(0, 63)).map(lambda t: (min(t), max(t)))
 

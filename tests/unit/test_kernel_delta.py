@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netpolicy.kernel.delta import CHUNK, sorted_delta, split_hosts
-from netpolicy.kernel.model import Interval
+from netpolicy.kernel.values import Interval
 
 
 def as_plan_list(networks: set[ipaddress.IPv4Network]) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from netpolicy.kernel.engine import DataplaneCache, SetRecord, element_delta
-from netpolicy.kernel.model import Interval
+from netpolicy.kernel.values import Interval
 
 
 def iv(cidr: str) -> Interval:

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from netpolicy.kernel.layout import families_for, layout, listener_id, rule_comment, split_comment
-from netpolicy.kernel.model import (
-    Interval, KernelDiff, KernelError, KernelStatus, ListenerStatus, MissingCapability, Problem, SetDelta,
+from netpolicy.kernel.layout import (
+    families_for,
+    layout,
+    listener_id,
+    rule_comment,
+    split_comment,
 )
-from netpolicy.plan import KernelPlan, ListenerPlan
+from netpolicy.kernel.values import (
+    Interval,
+    KernelDiff,
+    KernelError,
+    KernelStatus,
+    ListenerStatus,
+    MissingCapability,
+    Problem,
+    SetDelta,
+)
+from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 
 def test_interval_from_cidr_and_back() -> None:

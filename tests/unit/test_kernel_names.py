@@ -7,7 +7,7 @@ import pytest
 from netpolicy.kernel import ipset
 from netpolicy.kernel import iptables as ipt
 from netpolicy.kernel import nftables as nft
-from netpolicy.kernel.model import Interval
+from netpolicy.kernel.values import Interval
 
 IPSET_LIST = """Name: netpolicy-IncomingMail-r4
 Type: hash:net

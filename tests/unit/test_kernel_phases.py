@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from netpolicy.kernel import nftables as nft
 from netpolicy.kernel.delta import split_hosts
-from netpolicy.kernel.model import Interval
-from netpolicy.plan import KernelPlan, ListenerPlan
+from netpolicy.kernel.values import Interval
+from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 SPACE = ipaddress.ip_network("10.0.0.0/26")
 

@@ -12,9 +12,15 @@ import pytest
 
 from netpolicy.kernel.base import Backend
 from netpolicy.kernel.layout import listener_id
-from netpolicy.kernel.model import KernelDiff, KernelError, KernelStatus, Problem, Promotion
-from netpolicy.plan import KernelPlan, ListenerPlan
 from netpolicy.kernel.reconciler import Reconciler
+from netpolicy.kernel.values import (
+    KernelDiff,
+    KernelError,
+    KernelStatus,
+    Problem,
+    Promotion,
+)
+from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 
 class Clock:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from netpolicy.policy import PolicyError, load_policy, parse_policy
+from netpolicy.model import PolicyError, load_policy, parse_policy
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yml"
 

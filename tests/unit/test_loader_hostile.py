@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netpolicy.cli import cli
-from netpolicy.policy import loader, yamltree
+from netpolicy.model import loader, yamltree
 
 EXAMPLE = (Path(__file__).parents[2] / "examples" / "policy.yml").read_bytes()
 TIME_BOUND = 3.0  # seconds per in-process case; they take milliseconds

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from netpolicy.policy import PolicyError, parse_policy
+from netpolicy.model import PolicyError, parse_policy
 
 EXAMPLE = (Path(__file__).parents[2] / "examples" / "policy.yml").read_text()
 POLICY_LINE = "  ACCEPTED:  {behavior: accept}"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from netpolicy.sdnotify import notify
+from netpolicy.daemon.sdnotify import notify
 
 
 def test_notify_sends_state_to_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from netpolicy.smtp.lines import BareNewline, LineTooLong, is_strict, read_command, read_message
+from netpolicy.smtp.lines import (
+    BareNewline,
+    LineTooLong,
+    is_strict,
+    read_command,
+    read_message,
+)
 from netpolicy.smtp.spool import ByteBudget, Spool
 
 

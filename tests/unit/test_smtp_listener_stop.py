@@ -11,10 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-from netpolicy.hat import build_hat_indexes
-from netpolicy.maillog import MailLog
-from netpolicy.policy import parse_policy
+from netpolicy.model import parse_policy
+from netpolicy.model.hat import build_hat_indexes
 from netpolicy.smtp.listener import SmtpListener, listening_socket
+from netpolicy.smtp.maillog import MailLog
 from tests.unit.test_smtp_session import POLICY
 
 

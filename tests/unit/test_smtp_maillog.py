@@ -6,9 +6,9 @@ import asyncio
 import io
 from pathlib import Path
 
-from netpolicy.hat import Decision
-from netpolicy.maillog import MailLog
-from netpolicy.policy.effective import EffectivePolicy
+from netpolicy.model.effective import EffectivePolicy
+from netpolicy.model.hat import Decision
+from netpolicy.smtp.maillog import MailLog
 
 
 def decision(group: str, match: str, behavior: str) -> Decision:

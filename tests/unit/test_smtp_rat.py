@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netpolicy.policy.model import RatRow
+from netpolicy.model.policy import RatRow
 from netpolicy.smtp.rat import Rat
 
 

@@ -10,11 +10,16 @@ import aiosmtpd
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from netpolicy.hat import build_hat_indexes
-from netpolicy.maillog import MailLog
-from netpolicy.policy import parse_policy
+from netpolicy.model import parse_policy
+from netpolicy.model.hat import build_hat_indexes
 from netpolicy.smtp.counters import InMemoryCounters
-from netpolicy.smtp.listener import ListenerStats, Services, SessionLimits, build_generation
+from netpolicy.smtp.maillog import MailLog
+from netpolicy.smtp.services import (
+    ListenerStats,
+    Services,
+    SessionLimits,
+    build_generation,
+)
 from netpolicy.smtp.session import PolicySMTP, client_address
 
 POLICY = """\

@@ -23,7 +23,14 @@ import pytest
 import yaml
 
 from tests.vm import vmlib
-from tests.vm.vmlib import ACCEPTED_SENDER, BLOCKED_SENDER, REJECTED_SENDER, VM_ADDRESS, PlaybookRun, Vm
+from tests.vm.vmlib import (
+    ACCEPTED_SENDER,
+    BLOCKED_SENDER,
+    REJECTED_SENDER,
+    VM_ADDRESS,
+    PlaybookRun,
+    Vm,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 

@@ -42,7 +42,7 @@ class TtlCache:
 
 
 class DnsResolver:
-    """dnspython-backed implementation of ``netpolicy.hat.Resolver``."""
+    """dnspython-backed implementation of ``netpolicy.model.hat.Resolver``."""
 
     def __init__(self, timeout: float = 3.0, resolver: dns.asyncresolver.Resolver | None = None) -> None:
         self.timeout = timeout

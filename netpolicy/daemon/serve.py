@@ -36,24 +36,24 @@ from dataclasses import dataclass
 
 import uvloop
 
-from netpolicy.compiler import compile_policy
-from netpolicy.dns import DnsResolver
-from netpolicy.hat import Decision, HatIndex, build_hat_indexes
+from netpolicy.daemon.metrics import DaemonView, Metrics
+from netpolicy.daemon.sdnotify import notify
 from netpolicy.kernel import select_backend
 from netpolicy.kernel.base import Backend, has_net_admin
 from netpolicy.kernel.layout import listener_id
-from netpolicy.kernel.model import KernelError
-from netpolicy.maillog import MailLog
-from netpolicy.metrics import DaemonView, Metrics
-from netpolicy.nflog import NflogReader
-from netpolicy.plan import KernelPlan
-from netpolicy.policy import Policy, PolicyError, load_policy
+from netpolicy.kernel.nflog import NflogReader
 from netpolicy.kernel.promotion import OffenceTracker
 from netpolicy.kernel.reconciler import Reconciler
-from netpolicy.sdnotify import notify
+from netpolicy.kernel.values import KernelError
+from netpolicy.model import Policy, PolicyError, load_policy
+from netpolicy.model.compiler import compile_policy
+from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
+from netpolicy.model.plan import KernelPlan
 from netpolicy.smtp.listener import SmtpListener
+from netpolicy.smtp.maillog import MailLog
+from netpolicy.smtp.resolver import DnsResolver
 
-log = logging.getLogger("netpolicy.serve")
+log = logging.getLogger("netpolicy.daemon.serve")
 
 NFLOG_GROUP = 2525  # the group the kernel rules log refused SYNs to with --verbose-connections
 

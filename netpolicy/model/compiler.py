@@ -11,7 +11,7 @@ space at once:
   entries are reported as ``userland_only`` with the row that precedes them;
 - a TCPREFUSE row's own host-name and DNS-list entries are userland-only by nature.
 
-All set arithmetic is on integer intervals (``netpolicy.intervals``), so a million entries
+All set arithmetic is on integer intervals (``netpolicy.model.intervals``), so a million entries
 compile in seconds and the result is already sorted and collapsed.
 """
 
@@ -19,10 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netpolicy.intervals import Interval, contains, merge, subtract
-from netpolicy.plan import KernelPlan, ListenerPlan, UserlandOnly
-from netpolicy.policy.entries import V4_MAX, V6_MAX, AddressEntry, DnsListEntry, Entry, HostnameEntry, interval_to_cidrs
-from netpolicy.policy.model import Listener, Policy
+from netpolicy.model.entries import (
+    V4_MAX,
+    V6_MAX,
+    AddressEntry,
+    DnsListEntry,
+    Entry,
+    HostnameEntry,
+    interval_to_cidrs,
+)
+from netpolicy.model.intervals import Interval, contains, merge, subtract
+from netpolicy.model.plan import KernelPlan, ListenerPlan, UserlandOnly
+from netpolicy.model.policy import Listener, Policy
 
 _FULL: dict[int, list[Interval]] = {4: [(0, V4_MAX)], 6: [(0, V6_MAX)]}
 

@@ -12,12 +12,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from netpolicy.policy.model import split_host_port
+from netpolicy.model.policy import split_host_port
 from netpolicy.smtp.fds import FdWatch, open_fds, soft_limit
-from netpolicy.smtp.listener import ListenerStats
+from netpolicy.smtp.services import ListenerStats
 
 
 @dataclass

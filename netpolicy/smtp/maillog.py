@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from netpolicy.hat import Decision
+from netpolicy.model.hat import Decision
 
 
 class MailLog:

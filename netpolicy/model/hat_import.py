@@ -36,9 +36,9 @@ from typing import Literal
 import yaml
 from pydantic import ValidationError
 
-from netpolicy.policy.entries import AllEntry, EntryError, parse_entry
-from netpolicy.policy.loader import PolicyError, parse_policy
-from netpolicy.policy.model import MailFlowPolicy, PolicyParams
+from netpolicy.model.entries import AllEntry, EntryError, parse_entry
+from netpolicy.model.loader import PolicyError, parse_policy
+from netpolicy.model.policy import MailFlowPolicy, PolicyParams
 
 __all__ = ["DEFAULT_LISTENER_DEFAULTS", "HatImportError", "import_hat"]
 

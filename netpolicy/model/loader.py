@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from netpolicy.policy.entries import Entry, EntryError, parse_entry
-from netpolicy.policy.model import Policy
-from netpolicy.policy.references import Path, Problem, reference_problems
-from netpolicy.policy.yamltree import Refused, read_yaml
+from netpolicy.model.entries import Entry, EntryError, parse_entry
+from netpolicy.model.policy import Policy
+from netpolicy.model.references import Path, Problem, reference_problems
+from netpolicy.model.yamltree import Refused, read_yaml
 
 DEFAULT_POLICY_PATH = "/etc/netpolicy/policy.yml"
 MAX_POLICY_BYTES = 40 * 2**20

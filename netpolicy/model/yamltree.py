@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from netpolicy.policy.references import Path
+from netpolicy.model.references import Path
 
 MAX_NODES = 2_000_000
 MAX_STRUCTURE = 200_000

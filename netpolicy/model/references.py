@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netpolicy.policy.entries import AllEntry
-from netpolicy.policy.model import Policy
+from netpolicy.model.entries import AllEntry
+from netpolicy.model.policy import Policy
 
 Path = tuple[str | int, ...]
 

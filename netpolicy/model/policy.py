@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from netpolicy.policy.entries import Entry, EntryError, parse_entry
+from netpolicy.model.entries import Entry, EntryError, parse_entry
 
 Behavior = Literal["accept", "reject", "tcprefuse", "relay", "continue"]
 TlsMode = Literal["off", "preferred", "required"]

@@ -16,10 +16,17 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from netpolicy.intervals import LabelledIndex
-from netpolicy.policy.effective import EffectivePolicy, effective_policy
-from netpolicy.policy.entries import AddressEntry, AllEntry, DnsListEntry, Entry, HostnameEntry, address_to_int
-from netpolicy.policy.model import Listener, Policy
+from netpolicy.model.effective import EffectivePolicy, effective_policy
+from netpolicy.model.entries import (
+    AddressEntry,
+    AllEntry,
+    DnsListEntry,
+    Entry,
+    HostnameEntry,
+    address_to_int,
+)
+from netpolicy.model.intervals import LabelledIndex
+from netpolicy.model.policy import Listener, Policy
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ Answer = str | bool | None
 
 
 class Resolver(Protocol):
-    """What the HAT needs from DNS; implemented by ``netpolicy.dns.DnsResolver``."""
+    """What the HAT needs from DNS; implemented by ``netpolicy.smtp.resolver.DnsResolver``."""
 
     async def verified_hostname(self, address: str) -> str | None: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netpolicy.policy.model import Behavior, MailFlowPolicy, PolicyParams, TlsMode
+from netpolicy.model.policy import Behavior, MailFlowPolicy, PolicyParams, TlsMode
 
 BUILTIN_DEFAULTS: dict[str, object] = {
     "rate_limit_code": 452,
