@@ -33,6 +33,7 @@ class DaemonView:
     listeners: dict[str, ListenerStats] = field(default_factory=dict)
     kernel_refusals: dict[str, int] = field(default_factory=dict)  # listener -> packets
     drift_repairs: Callable[[], int] = lambda: 0
+    task_failures: dict[str, int] = field(default_factory=dict)  # background loop -> restarts
     promotions: dict[str, int] = field(default_factory=dict)
     fds: FdWatch = field(default_factory=FdWatch)  # shared by every listener of the process
 
@@ -77,6 +78,10 @@ class DaemonCollector(Collector):
             promotions.add_metric([name], n)
         yield promotions
         yield CounterMetricFamily("netpolicy_drift_repairs", "Kernel drift repairs", value=v.drift_repairs())
+        failures = CounterMetricFamily("netpolicy_task_failures", "Background loops of serve that failed and were restarted", labels=["task"])
+        for task, n in sorted(v.task_failures.items()):
+            failures.add_metric([task], n)
+        yield failures
 
 
 class Metrics:

@@ -32,7 +32,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import uvloop
 
@@ -55,6 +57,8 @@ from netpolicy.smtp.resolver import DnsResolver
 
 log = logging.getLogger("netpolicy.daemon.serve")
 
+RESTART_DELAY = 1.0  # seconds before a failed background loop is started again
+COUNTER_EVERY = 5  # kernel refusal counters (metrics only) are read every 5 reconciler intervals
 NFLOG_GROUP = 2525  # the group the kernel rules log refused SYNs to with --verbose-connections
 
 
@@ -109,6 +113,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._signature = _file_signature(options.policy_path)
+        self._tasks: asyncio.TaskGroup | None = None
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -133,23 +138,75 @@ class Daemon:
         await self._install(prepared)
         if self.options.metrics:
             self.metrics.serve(self.options.metrics)
-        tasks = [asyncio.create_task(self._watch())]
-        if self.reconciler is not None:
-            tasks.append(asyncio.create_task(self._reconcile()))
-        if self.options.verbose_connections and self.backend is not None:
-            tasks.append(asyncio.create_task(self._read_nflog()))
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        notify(f"READY=1\nSTATUS=policy generation {policy.generation()}")
-        log.info("serving policy generation %s", policy.generation())
-        await self._stop.wait()
-        notify("STOPPING=1")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            loops = [self._supervise("policy watcher", self._watch)]
+            if self.reconciler is not None:
+                reconciler = self.reconciler
+                loops.append(self._supervise("reconciler", lambda: reconciler.run(self.options.reconcile_interval)))
+                loops.append(self._supervise("kernel counters", self._read_kernel_counters))
+            if self.options.verbose_connections and self.backend is not None:
+                loops.append(self._supervise("NFLOG reader", self._read_nflog))
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            notify(f"READY=1\nSTATUS=policy generation {policy.generation()}")
+            log.info("serving policy generation %s", policy.generation())
+            await self._stop.wait()
+            notify("STOPPING=1")
+            for sig in (signal.SIGHUP, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+            await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            for task in loops:
+                task.cancel()
+        # The group has waited for what was still running (a reload, a promotion).
+        self.maillog.close()
         return 0
+
+    # -- background work ------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run ``work`` in the daemon's task group: awaited before serve exits, never dropped."""
+        if self._tasks is None:
+            work.close()
+            return
+        try:
+            self._tasks.create_task(work)
+        except RuntimeError:  # the group has finished: serve is exiting
+            work.close()
+
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run a loop of the daemon; if it raises, log it, count it, and start it again.
+
+        A background loop that dies quietly is the failure serve must not have: a watcher that
+        stopped on a bad file never reloaded again. Returning normally means the loop has
+        nothing to do here (e.g. no NFLOG socket), and it is not restarted.
+        """
+        assert self._tasks is not None
+
+        async def supervised() -> None:
+            while True:
+                try:
+                    await run()
+                    return
+                except Exception:
+                    self.view.task_failures[name] = self.view.task_failures.get(name, 0) + 1
+                    log.exception("%s failed; restarting it in %.0f s", name, RESTART_DELAY)
+                await asyncio.sleep(RESTART_DELAY)
+
+        return self._tasks.create_task(supervised(), name=name)
+
+    def _on_sighup(self) -> None:
+        """SIGHUP (``systemctl reload``): reopen the mail log, reload the policy."""
+        self.maillog.reopen()
+        self._spawn(self.reload("SIGHUP"))
+
+    def _on_sigusr1(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): reopen the mail log, nothing else."""
+        self.maillog.reopen()
+        log.info("mail log reopened (SIGUSR1)")
 
     def _log_group(self) -> int | None:
         return NFLOG_GROUP if self.options.verbose_connections else None
@@ -243,21 +300,18 @@ class Daemon:
 
     # -- kernel loops ---------------------------------------------------------------------------
 
-    async def _reconcile(self) -> None:
-        """Drift repair every interval; kernel refusal counters for metrics every few checks."""
+    async def _read_kernel_counters(self) -> None:
+        """Kernel refusal counters per listener for the metrics (the reconciler's own loop,
+        ``Reconciler.run``, keeps the kernel in step)."""
         reconciler, backend = self.reconciler, self.backend
         assert reconciler is not None and backend is not None
-        ticks = 0
         while True:
-            await asyncio.sleep(self.options.reconcile_interval)
             try:
-                await asyncio.to_thread(reconciler.check_once)
-                ticks += 1
-                if ticks % 5 == 1:
-                    status = await asyncio.to_thread(backend.status, reconciler.plan)
-                    self.view.kernel_refusals = {ls.name: ls.refused for ls in status.listeners}
+                status = await asyncio.to_thread(backend.status, reconciler.plan)
+                self.view.kernel_refusals = {ls.name: ls.refused for ls in status.listeners}
             except KernelError as exc:
-                log.error("reconciler: %s", exc)
+                log.warning("kernel counters unavailable: %s", exc)
+            await asyncio.sleep(COUNTER_EVERY * self.options.reconcile_interval)
 
     async def _read_nflog(self) -> None:
         """Turn each logged kernel refusal into the appliance's ``ICID 0 TCPREFUSE`` line."""
@@ -292,14 +346,14 @@ class Daemon:
         async def promote() -> None:
             try:
                 await asyncio.to_thread(reconciler.promote, promotion.listener, promotion.address, promotion.seconds)
-            except KernelError as exc:
+            except Exception as exc:  # a failed promotion must not end the task group
                 log.error("could not promote %s: %s", promotion.address, exc)
                 return
             self.view.promotions[promotion.listener] = self.view.promotions.get(promotion.listener, 0) + 1
             log.info("promoted %s on %s into the kernel for %d s after %d offences (last: %s)",
                      promotion.address, promotion.listener, promotion.seconds, promotion.offences, kind)
 
-        asyncio.ensure_future(promote())
+        self._spawn(promote())
 
 
 def serve(options: ServeOptions) -> int:
