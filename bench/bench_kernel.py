@@ -34,28 +34,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netpolicy.kernel import select_backend  # noqa: E402
 from netpolicy.kernel.base import Backend  # noqa: E402
+from netpolicy.model.intervals import Interval  # noqa: E402
 from netpolicy.model.plan import KernelPlan, ListenerPlan  # noqa: E402
-from tests.netns import Netns, net_pair, run  # noqa: E402
+from tests.support.netns import Netns, net_pair, run  # noqa: E402
 
 PORT = 2525
 SERVER_CPU = 1 if (os.cpu_count() or 1) > 1 else 0
 
 
-def entries(n: int) -> tuple[str, ...]:
-    """``n`` refuse entries, sorted and already collapsed: even hosts of 10.0.0.0/9 and every
+def entries(n: int) -> tuple[Interval, ...]:
+    """``n`` refuse entries, sorted and already merged: even hosts of 10.0.0.0/9 and every
     other /30 of 10.240.0.0/12 (so neighbours never merge)."""
     nets = n // 20
     hosts = n - nets
     base_h, base_n = 10 << 24, (10 << 24) | (240 << 16)
-    host_ints = [base_h + 2 * i for i in range(hosts)]
-    net_ints = [base_n + 8 * i for i in range(nets)]
-    text = socket.inet_ntoa
-    out = [f"{text(struct.pack('>I', a))}/32" for a in host_ints]
-    out += [f"{text(struct.pack('>I', a))}/30" for a in net_ints]
+    out = [Interval(4, base_h + 2 * i, base_h + 2 * i) for i in range(hosts)]
+    out += [Interval(4, base_n + 8 * i, base_n + 8 * i + 3) for i in range(nets)]
     return tuple(out)
 
 
-def plan(address: str, refuse: tuple[str, ...], generation: str) -> KernelPlan:
+def plan(address: str, refuse: tuple[Interval, ...], generation: str) -> KernelPlan:
     return KernelPlan(generation, (ListenerPlan("Bench", address, PORT, True, refuse),))
 
 
@@ -65,7 +63,7 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_apply(ns: Netns, backend: Backend, address: str, sizes: list[int]) -> dict[int, tuple[str, ...]]:
+def bench_apply(ns: Netns, backend: Backend, address: str, sizes: list[int]) -> dict[int, tuple[Interval, ...]]:
     made = {}
     for n in sizes:
         ns.call(backend.flush)
@@ -77,9 +75,9 @@ def bench_apply(ns: Netns, backend: Backend, address: str, sizes: list[int]) -> 
     return made
 
 
-def networks(n: int) -> tuple[str, ...]:
+def networks(n: int) -> tuple[Interval, ...]:
     """``n`` /30 networks, every other one of 10.0.0.0/8 (a plan of networks only)."""
-    return tuple(f"{socket.inet_ntoa(struct.pack('>I', (10 << 24) + 8 * i))}/30" for i in range(n))
+    return tuple(Interval(4, (10 << 24) + 8 * i, (10 << 24) + 8 * i + 3) for i in range(n))
 
 
 def bench_fresh_diff(ns: Netns, backend: Backend, address: str, n: int) -> None:
@@ -93,13 +91,13 @@ def bench_fresh_diff(ns: Netns, backend: Backend, address: str, n: int) -> None:
     ns.call(backend.flush)
 
 
-def bench_updates(ns: Netns, backend: Backend, address: str, refuse: tuple[str, ...], rounds: int) -> None:
+def bench_updates(ns: Netns, backend: Backend, address: str, refuse: tuple[Interval, ...], rounds: int) -> None:
     ns.call(lambda: backend.apply(plan(address, refuse, "base")))
-    for label, extra in (("host", "192.0.2.{}/32"), ("network", "198.51.100.{}/32")):
+    for label in ("host", "network"):
         times = []
         for i in range(rounds):
-            entry = extra.format(i * 4) if label == "host" else f"192.0.2.{i * 4}/30"
-            with_one = tuple(sorted(refuse + (entry,), key=lambda c: socket.inet_aton(c.split("/")[0])))
+            entry = Interval.from_cidr(f"192.0.2.{i * 4}/32" if label == "host" else f"192.0.2.{i * 4}/30")
+            with_one = tuple(sorted((*refuse, entry)))
             times.append(ns.call(lambda: timed(lambda: backend.apply(plan(address, with_one, f"u{label}{i}")))))
             times.append(ns.call(lambda: timed(lambda: backend.apply(plan(address, refuse, "base")))))
         ms = sorted(t * 1000 for t in times)
@@ -172,7 +170,7 @@ def _alternate(targets: list[tuple[str, str]], seconds: float) -> list[tuple[flo
     return [(1 / statistics.median(lp), sorted(c)[len(c) // 10]) for lp, c in zip(loops, connects)]
 
 
-def bench_connects(backend_name: str, refuse: tuple[str, ...], rounds: int) -> None:
+def bench_connects(backend_name: str, refuse: tuple[Interval, ...], rounds: int) -> None:
     """One client namespace linked to two server namespaces, one without any ruleset and one
     with ``refuse`` applied, connected to alternately from addresses the sets do not hold."""
     client, empty, full = Netns.create(), Netns.create(), Netns.create()

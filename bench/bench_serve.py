@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.serve_policy import BLOCKED, LATER, PORT, write_policy  # noqa: E402
-from tests.netns import NetPair, net_pair  # noqa: E402
+from tests.support.serve_policy import BLOCKED, LATER, PORT, write_policy  # noqa: E402
+from tests.support.netns import NetPair, net_pair  # noqa: E402
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
 def refused(pair: NetPair, source: str) -> bool:

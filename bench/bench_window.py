@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netpolicy.kernel import select_backend  # noqa: E402
 from netpolicy.model.plan import KernelPlan  # noqa: E402
-from tests.integration.kernel_support import (  # noqa: E402
+from tests.support.kernel import (  # noqa: E402
     BLOCKED_HOST,
     PORT,
     Prober,
     listening,
     make_plan,
 )
-from tests.netns import net_pair  # noqa: E402
+from tests.support.netns import net_pair  # noqa: E402
 
 SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
     "move": ((f"{BLOCKED_HOST}/32",), ("192.0.2.0/24",)),

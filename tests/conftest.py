@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns import NetPair, net_pair
+from tests.support.netns import NetPair, net_pair
 
 
 def _can_netns() -> str | None:

@@ -1,7 +1,7 @@
 """``netpolicy serve`` given hostile policy files by its file watcher: banners keep flowing, each
 file is refused with a ``file:line`` log line, and the watcher still picks up the next good file.
 
-Runs the real daemon in a namespace through the fixture of test_serve.py. Expanded on the event
+Runs the real daemon in a namespace through the ``served`` fixture (tests/support/serve.py). Expanded on the event
 loop, the alias bomb here (396 bytes, 4.8M strings) holds it for about 10 s and 1.2 GB; a loader
 that raises on the NUL byte ends the watcher for good.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.e2e.serve_policy import ACCEPTED, BLOCKED, LATER, PORT
-from tests.e2e.test_serve import Served, served, wait_for  # noqa: F401  (served is a fixture)
+from tests.support.serve import Served, wait_for
+from tests.support.serve_policy import ACCEPTED, BLOCKED, LATER, PORT
 
 BANNER_WITHIN = 1.0
 

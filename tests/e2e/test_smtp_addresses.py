@@ -18,9 +18,9 @@ from typing import cast
 import pytest
 
 from netpolicy.smtp.delivery import NextHopSink
-from tests.e2e.smtp_support import PLAIN, RELAY, SmtpEnv, env, smtp_pair
-from tests.e2e.test_smtp_handoff import ScriptedHop, hop_env
-from tests.netns import NetPair
+from tests.support.smtp import PLAIN, RELAY, SmtpEnv, env, smtp_pair
+from tests.support.next_hop import ScriptedHop, hop_env
+from tests.support.netns import NetPair
 
 __all__ = ["smtp_pair"]
 

@@ -2,7 +2,7 @@
 process short of file descriptors says so and recovers.
 
 The first two tests run the listener in the test's event loop on a socket in the server
-namespace (``smtp_support``); the last runs ``netpolicy serve`` itself, because the daemon runs
+namespace (``tests/support/smtp.py``); the last runs ``netpolicy serve`` itself, because the daemon runs
 on uvloop, whose accept path under EMFILE is not asyncio's.
 """
 
@@ -18,9 +18,9 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.e2e.serve_policy import PORT as SERVE_PORT
-from tests.e2e.serve_policy import write_policy
-from tests.e2e.smtp_support import (
+from tests.support.serve_policy import PORT as SERVE_PORT
+from tests.support.serve_policy import write_policy
+from tests.support.smtp import (
     PLAIN,
     FakeResolver,
     SmtpEnv,
@@ -28,7 +28,7 @@ from tests.e2e.smtp_support import (
     policy_dict,
     smtp_pair,
 )
-from tests.netns import Netns, NetPair
+from tests.support.netns import Netns, NetPair
 
 __all__ = ["smtp_pair"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from netpolicy.smtp import SessionLimits
 from netpolicy.smtp.spool import shared_budget
-from tests.e2e.smtp_support import (
+from tests.support.smtp import (
     PLAIN,
     TRUSTED,
     Answer,
@@ -24,8 +24,8 @@ from tests.e2e.smtp_support import (
     env,
     smtp_pair,
 )
-from tests.e2e.test_smtp_handoff import ScriptedHop, hop_env
-from tests.netns import NetPair
+from tests.support.next_hop import ScriptedHop, hop_env
+from tests.support.netns import NetPair
 
 __all__ = ["smtp_pair"]
 

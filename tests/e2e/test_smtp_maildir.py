@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiosmtplib
 
-from tests.e2e.smtp_support import PLAIN, PORT, SmtpEnv, env, smtp_pair
-from tests.netns import NetPair
+from tests.support.smtp import PLAIN, PORT, SmtpEnv, env, smtp_pair
+from tests.support.netns import NetPair
 
 __all__ = ["smtp_pair"]
 

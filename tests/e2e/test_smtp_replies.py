@@ -12,7 +12,7 @@ from pathlib import Path
 from netpolicy.smtp import SmtpListener
 from netpolicy.smtp.listener import listening_socket
 from netpolicy.smtp.maillog import MailLog
-from tests.e2e.smtp_support import (
+from tests.support.smtp import (
     HARVESTER,
     LISTED,
     PLAIN,
@@ -28,7 +28,7 @@ from tests.e2e.smtp_support import (
     policy_dict,
     smtp_pair,
 )
-from tests.netns import NetPair
+from tests.support.netns import NetPair
 
 __all__ = ["smtp_pair"]  # the module-scoped fixture
 

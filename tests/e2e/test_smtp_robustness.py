@@ -10,8 +10,8 @@ import pytest
 
 from netpolicy.smtp import SessionLimits
 from netpolicy.smtp.delivery import MaildirSink
-from tests.e2e.smtp_support import PLAIN, env, smtp_pair
-from tests.netns import NetPair
+from tests.support.smtp import PLAIN, env, smtp_pair
+from tests.support.netns import NetPair
 
 __all__ = ["smtp_pair"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.capture import Capture, Segment
-from tests.e2e.smtp_support import BLOCKED, PORT, REJECTED, env, smtp_pair
-from tests.netns import NetPair
+from tests.support.capture import Capture, Segment
+from tests.support.smtp import BLOCKED, PORT, REJECTED, env, smtp_pair
+from tests.support.netns import NetPair
 
 __all__ = ["smtp_pair"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kernel_support import (
+from tests.support.kernel import (
     BACKENDS,
     BLOCKED_HOST,
     PORT,
@@ -19,7 +19,7 @@ from tests.integration.kernel_support import (
     listening,
     outcome,
 )
-from tests.netns import Netns, NetPair
+from tests.support.netns import Netns, NetPair
 
 pytestmark = pytest.mark.netns
 

@@ -12,7 +12,7 @@ import pytest
 
 from netpolicy.kernel import nftables as nft
 from netpolicy.kernel.reconciler import Reconciler
-from tests.integration.kernel_support import (
+from tests.support.kernel import (
     BACKENDS,
     BLOCKED_HOST,
     BLOCKED_NET,
@@ -24,7 +24,7 @@ from tests.integration.kernel_support import (
     outcome,
     wait_for,
 )
-from tests.netns import Netns, NetPair
+from tests.support.netns import Netns, NetPair
 
 pytestmark = pytest.mark.netns
 

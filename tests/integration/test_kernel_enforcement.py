@@ -9,8 +9,8 @@ import pytest
 
 from netpolicy.kernel.base import Backend
 from netpolicy.kernel.values import KernelError
-from tests.capture import Capture
-from tests.integration.kernel_support import (
+from tests.support.capture import Capture
+from tests.support.kernel import (
     BACKENDS,
     BLOCKED_HOST,
     BLOCKED_HOST6,
@@ -22,7 +22,7 @@ from tests.integration.kernel_support import (
     make_plan,
     outcome,
 )
-from tests.netns import NetPair
+from tests.support.netns import NetPair
 
 pytestmark = pytest.mark.netns
 

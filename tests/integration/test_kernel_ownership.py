@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.kernel_support import (
+from tests.support.kernel import (
     BACKENDS,
     add_foreign_state,
     backend_in,
     foreign_snapshot,
     make_plan,
 )
-from tests.netns import NetPair
+from tests.support.netns import NetPair
 
 pytestmark = pytest.mark.netns
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.kernel_support import (
+from tests.support.kernel import (
     BACKENDS,
     BLOCKED_HOST,
     PORT,
@@ -14,7 +14,7 @@ from tests.integration.kernel_support import (
     listening,
     make_plan,
 )
-from tests.netns import NetPair
+from tests.support.netns import NetPair
 
 pytestmark = pytest.mark.netns
 

@@ -18,7 +18,7 @@ from netpolicy.model.compiler import compile_listener
 from netpolicy.model.entries import address_to_int
 from netpolicy.model.hat import build_hat_indexes
 from netpolicy.model.policy import Policy
-from tests.unit.policies import make_policy
+from tests.support.policies import make_policy
 
 BEHAVIORS = ["accept", "reject", "tcprefuse", "relay", "continue"]
 HOSTNAMES = ["mx.a.test", ".b.test"]

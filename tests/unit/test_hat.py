@@ -4,7 +4,7 @@ import asyncio
 
 from netpolicy.model.hat import HatIndex, build_hat_indexes
 from netpolicy.model.policy import Policy
-from tests.unit.policies import make_policy
+from tests.support.policies import make_policy
 
 
 def hat(policy: Policy) -> HatIndex:

@@ -1,7 +1,7 @@
 """The namespace helpers themselves: a connection crosses the veth link from an extra source address."""
 
-from tests.capture import Capture
-from tests.netns import NetPair
+from tests.support.capture import Capture
+from tests.support.netns import NetPair
 
 
 def test_connect_across_pair_from_extra_address(netpair: NetPair) -> None:

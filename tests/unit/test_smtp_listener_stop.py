@@ -15,7 +15,7 @@ from netpolicy.model import parse_policy
 from netpolicy.model.hat import build_hat_indexes
 from netpolicy.smtp.listener import SmtpListener, listening_socket
 from netpolicy.smtp.maillog import MailLog
-from tests.unit.test_smtp_session import POLICY
+from tests.support.policies import LOOPBACK_POLICY
 
 
 class Unlisted:
@@ -33,7 +33,7 @@ def _maildir_threads() -> list[threading.Thread]:
 
 
 async def _listener(tmp_path: Path) -> SmtpListener:
-    policy = parse_policy(POLICY.format(maildir=tmp_path / "md"), "p.yml")
+    policy = parse_policy(LOOPBACK_POLICY.format(maildir=tmp_path / "md"), "p.yml")
     listener = SmtpListener(policy.listener("In"), build_hat_indexes(policy)["In"], Unlisted(), MailLog(stream=io.StringIO()))
     await listener.start(listening_socket("127.0.0.1", 0))  # any free port
     return listener

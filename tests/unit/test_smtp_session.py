@@ -21,24 +21,7 @@ from netpolicy.smtp.services import (
     build_generation,
 )
 from netpolicy.smtp.session import PolicySMTP, client_address
-
-POLICY = """\
-version: 1
-listeners:
-  - name: In
-    type: private
-    address: 127.0.0.1
-    port: 2525
-    hat:
-      - {{group: LISTED, policy: BLOCKED}}
-      - {{group: ALL, policy: OPEN}}
-    delivery: {{maildir: {maildir}}}
-sender_groups:
-  LISTED: ["dnslist[bl.example.test]"]
-mail_flow_policies:
-  OPEN: {{behavior: accept}}
-  BLOCKED: {{behavior: tcprefuse}}
-"""
+from tests.support.policies import LOOPBACK_POLICY
 
 
 class SlowResolver:
@@ -57,7 +40,7 @@ class SlowResolver:
 
 
 def session(tmp_path: Path, resolver: object, limits: SessionLimits = SessionLimits()) -> PolicySMTP:
-    policy = parse_policy(POLICY.format(maildir=tmp_path / "md"), "p.yml")
+    policy = parse_policy(LOOPBACK_POLICY.format(maildir=tmp_path / "md"), "p.yml")
     generation = build_generation(policy.listener("In"), build_hat_indexes(policy)["In"])
     services = Services(resolver, InMemoryCounters(), MailLog(stream=io.StringIO()), limits, ListenerStats(), None)  # type: ignore[arg-type]
     return PolicySMTP(generation, services)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.netns import Netns
+from tests.support.netns import Netns
 from tests.vm import vmlib
 
 STATE_DIR = vmlib.CACHE / "lab"  # not var/: a make clean in the work tree must not orphan a running VM

@@ -143,7 +143,7 @@ def test_serve_runs_as_the_unprivileged_user(lab: Lab) -> None:
 
 # ------------------------------------------------------------------------------------ behaviour
 def test_tcprefuse_is_refused_at_syn_by_the_vm_kernel(lab: Lab) -> None:
-    from tests.capture import Capture
+    from tests.support.capture import Capture
 
     ruleset = lab.vm.sudo("nft list table inet netpolicy").stdout
     assert BLOCKED_SENDER in ruleset, ruleset

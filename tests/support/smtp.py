@@ -25,7 +25,7 @@ from netpolicy.model import Policy, parse_policy
 from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.smtp import InMemoryCounters, SessionLimits, SmtpListener
 from netpolicy.smtp.maillog import MailLog
-from tests.netns import Netns, NetPair, net_pair
+from tests.support.netns import Netns, NetPair, net_pair
 
 PORT = 2525
 

@@ -1,10 +1,29 @@
-"""Small policies built in code for unit tests (one listener, HAT rows given as (group, behaviour))."""
+"""Small policies for unit tests: one listener, HAT rows given as (group, behaviour), or as YAML text."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from netpolicy.model.policy import Policy
+
+# One loopback listener whose only sender group is a DNS list; ``{maildir}`` is filled per test.
+LOOPBACK_POLICY = """\
+version: 1
+listeners:
+  - name: In
+    type: private
+    address: 127.0.0.1
+    port: 2525
+    hat:
+      - {{group: LISTED, policy: BLOCKED}}
+      - {{group: ALL, policy: OPEN}}
+    delivery: {{maildir: {maildir}}}
+sender_groups:
+  LISTED: ["dnslist[bl.example.test]"]
+mail_flow_policies:
+  OPEN: {{behavior: accept}}
+  BLOCKED: {{behavior: tcprefuse}}
+"""
 
 
 def make_policy(

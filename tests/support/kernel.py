@@ -19,8 +19,9 @@ import pytest
 
 from netpolicy.kernel import KernelError, select_backend
 from netpolicy.kernel.base import Backend
+from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan, ListenerPlan
-from tests.netns import Netns, NetPair
+from tests.support.netns import Netns, NetPair
 
 PORT = 2525
 LISTENER = "IncomingMail"
@@ -34,7 +35,9 @@ BACKENDS = ("nftables", "iptables")
 
 def make_plan(address: str, generation: str = "g1", refuse4: tuple[str, ...] = (f"{BLOCKED_HOST}/32", BLOCKED_NET),
               refuse6: tuple[str, ...] = (BLOCKED_NET6,), port: int = PORT) -> KernelPlan:
-    return KernelPlan(generation, (ListenerPlan(LISTENER, address, port, True, refuse4, refuse6),))
+    """A one-listener plan; the refuse lists are given as sorted, disjoint CIDRs."""
+    v4, v6 = (tuple(map(Interval.from_cidr, cidrs)) for cidrs in (refuse4, refuse6))
+    return KernelPlan(generation, (ListenerPlan(LISTENER, address, port, True, v4, v6),))
 
 
 def backend_in(ns: Netns, name: str) -> Backend:

@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
-from tests.netns import Netns
+from tests.support.netns import Netns
 
 
 @dataclass(frozen=True)
