@@ -7,8 +7,7 @@ Design goals, after Calico Felix's ``DeltaTracker`` and ``iptables.Table``:
 
 - The desired state is a pure function of the plan (each backend's ``desired``), and a plan's
   refuse lists are sorted and immutable, so the delta between two generations of one list is
-  found list against list (``delta.sorted_delta``: ~25 ms for 1M entries) instead of by hashing
-  both (~0.5 s).
+  found list against list (``delta.sorted_delta``) instead of by hashing both (~0.5 s).
 - The dataplane cache (``DataplaneCache``) holds, per owned set, the elements as this process
   last read or wrote them, the refuse list they were written from, and the size the kernel
   reported; plus the dataplane generation it was taken at, when the dataplane has one.
@@ -29,6 +28,7 @@ Design goals, after Calico Felix's ``DeltaTracker`` and ``iptables.Table``:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -36,8 +36,9 @@ from typing import TypeVar
 
 from netpolicy.kernel.base import netns_id
 from netpolicy.kernel.delta import sorted_delta
-from netpolicy.kernel.layout import ListenerLayout, layout
-from netpolicy.kernel.values import Interval, ListenerStatus, Problem
+from netpolicy.kernel.layout import ListenerLayout, layout, listener_id
+from netpolicy.kernel.values import KernelError, ListenerStatus, Problem
+from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan
 
 ElementDelta = tuple[frozenset[Interval], frozenset[Interval]]  # (add, remove)
@@ -53,7 +54,7 @@ class SetRecord:
     next plan be compared list against list."""
 
     intervals: Set[Interval] | None
-    source: tuple[str, ...] | None = None
+    source: tuple[Interval, ...] | None = None
 
 
 @dataclass
@@ -120,30 +121,31 @@ def compare_objects(wanted: Mapping[str, W], found: Mapping[str, F], same: Calla
     return ObjectDelta(tuple(changes), tuple(sorted(found.keys() - wanted.keys())))
 
 
-def list_delta(source: tuple[str, ...] | None, cidrs: tuple[str, ...]) -> ElementDelta | None:
-    """(add, remove) from the refuse list ``source`` to ``cidrs``, list against list; None
+def list_delta(source: tuple[Interval, ...] | None, refuse: tuple[Interval, ...]) -> ElementDelta | None:
+    """(add, remove) from the refuse list ``source`` to ``refuse``, list against list; None
     without a source or when a list is not sorted the way plans promise."""
     if source is None:
         return None
-    found = ([], []) if source is cidrs else sorted_delta(source, cidrs)
+    found = ([], []) if source is refuse else sorted_delta(source, refuse)
     if found is None:
         return None
-    return frozenset(map(Interval.from_cidr, found[0])), frozenset(map(Interval.from_cidr, found[1]))
+    return frozenset(found[0]), frozenset(found[1])
 
 
 def element_delta(
-    record: SetRecord | None, cidrs: tuple[str, ...], wanted: Callable[[], Set[Interval]],
+    record: SetRecord | None, refuse: tuple[Interval, ...], wanted: Callable[[], Set[Interval]],
     stored: Callable[[frozenset[Interval]], frozenset[Interval]] = frozenset,
 ) -> ElementDelta | None:
-    """(add, remove) taking the set ``record`` describes to the refuse list ``cidrs`` (whose
+    """(add, remove) taking the set ``record`` describes to the refuse list ``refuse`` (whose
     elements are ``wanted()``); None without a usable record (the set is loaded whole). List
     against list when the record knows the list it holds, else by set difference. ``stored``
     turns a list's intervals into the entries the dataplane keeps for them."""
     if record is None or record.intervals is None:
         return None
-    found = list_delta(record.source, cidrs)
-    if found is not None:
-        return stored(found[0]), stored(found[1])
+    found = list_delta(record.source, refuse)
+    if found is not None:  # a range and the one replacing it can share stored entries
+        add, remove = stored(found[0]), stored(found[1])
+        return add - remove, remove - add
     want = wanted()
     return frozenset(want - record.intervals), frozenset(record.intervals - want)
 
@@ -170,6 +172,15 @@ class SetNames:
         if found is None:
             return None
         return self.kinds[found["kind"]], int(found["family"]), found["lid"]
+
+
+def promotion_set(names: SetNames, listener: str, address: str, seconds: float, max_seconds: int) -> tuple[int, str]:
+    """(family, set name) a promotion of ``address`` on ``listener`` goes to; a time the
+    kernel cannot hold in one go is refused."""
+    if not 0 < seconds <= max_seconds:
+        raise KernelError(f"promotion time must be between 1 and {max_seconds} seconds")
+    family = ipaddress.ip_address(address).version
+    return family, names.name("promoted", listener_id(listener), family)
 
 
 def listener_statuses(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import ipaddress
 import os
@@ -39,13 +40,12 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator, Set
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netpolicy.kernel import ipset
 from netpolicy.kernel.base import Backend, serialized
-from netpolicy.kernel.delta import split_hosts
 from netpolicy.kernel.engine import (
     DataplaneCache,
     SetNames,
@@ -53,16 +53,15 @@ from netpolicy.kernel.engine import (
     compare_objects,
     element_delta,
     listener_statuses,
+    promotion_set,
 )
 from netpolicy.kernel.layout import (
     OwnedSet,
     layout,
-    listener_id,
     rule_comment,
     split_comment,
 )
 from netpolicy.kernel.values import (
-    Interval,
     KernelDiff,
     KernelError,
     KernelStatus,
@@ -72,6 +71,7 @@ from netpolicy.kernel.values import (
     SetDelta,
     role_label,
 )
+from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan
 
 CHAIN = "NETPOLICY"
@@ -227,7 +227,7 @@ class RuleSpec:
 
 @dataclass(frozen=True)
 class WantSet(OwnedSet):
-    cidrs: tuple[str, ...]  # the plan's refuse list (empty for promoted sets)
+    refuse: tuple[Interval, ...]  # the plan's refuse list (empty for promoted sets)
 
     @property
     def type(self) -> str:
@@ -250,34 +250,30 @@ def desired(plan: KernelPlan) -> Desired:
         for family in ll.families:
             for kind in ("refuse", "promoted"):
                 name = NAMES.name(kind, ll.lid, family)
-                cidrs = ll.refuse_cidrs(family) if kind == "refuse" else ()
-                want.sets[name] = WantSet(name, ll.lid, ll.name, kind, family, cidrs)
+                refuse = ll.refuse(family) if kind == "refuse" else ()
+                want.sets[name] = WantSet(name, ll.lid, ll.name, kind, family, refuse)
                 key = ll.rule_key(kind, family)
                 want.rules[family].append(RuleSpec(key, family, ll.daddr(family), ll.port, name, rule_comment(key, plan.generation)))
     return want
 
 
-def ipset_intervals(cidrs: tuple[str, ...]) -> frozenset[Interval]:
-    """The entries a hash:net set holds for a refuse list (hash:net has no /0: two halves)."""
-    hosts, nets = split_hosts(cidrs)
-    return _split_zero(hosts | nets)
+def _blocks(iv: Interval) -> list[Interval]:
+    """A plan range as hash:net entries: its CIDR blocks, a /0 as two halves (hash:net has no /0)."""
+    if iv.first == 0 and iv.last == iv.max_address:
+        half = iv.max_address >> 1
+        return [Interval(iv.version, 0, half), Interval(iv.version, half + 1, iv.max_address)]
+    return iv.blocks()
 
 
-def _split_zero(intervals: Set[Interval]) -> frozenset[Interval]:
-    out = set(intervals)
-    for iv in intervals:
-        if iv.first == 0 and iv.last == iv.max_address:
-            out.discard(iv)
-            half = iv.max_address >> 1
-            out |= {Interval(iv.version, 0, half), Interval(iv.version, half + 1, iv.max_address)}
-    return frozenset(out)
+def _hash_net(intervals: Iterable[Interval]) -> frozenset[Interval]:
+    return frozenset([block for iv in intervals for block in _blocks(iv)])
 
 
-def _halves(cidr: str) -> tuple[str, ...]:
-    """A plan CIDR as hash:net entries: itself, or its two halves for a /0."""
-    if not cidr.endswith("/0"):
-        return (cidr,)
-    return ("0.0.0.0/1", "128.0.0.0/1") if "." in cidr else ("::/1", "8000::/1")
+@functools.lru_cache(maxsize=8)
+def ipset_intervals(refuse: tuple[Interval, ...]) -> frozenset[Interval]:
+    """The entries a hash:net set holds for a refuse list (cached: plans are immutable and
+    re-applied)."""
+    return _hash_net(refuse)
 
 
 def _entry(iv: Interval) -> str:
@@ -474,8 +470,8 @@ class IptablesBackend(Backend):
             if ws.kind != "refuse":
                 continue
             if actions.get(ws.name) in ("create", "replace"):
-                if ws.cidrs:
-                    deltas.append(SetDelta(ws.listener, ws.family, ipset_intervals(ws.cidrs)))
+                if ws.refuse:
+                    deltas.append(SetDelta(ws.listener, ws.family, ipset_intervals(ws.refuse)))
                 continue
             known = state.elements[ws.name]
             if known.intervals is None:
@@ -493,7 +489,7 @@ class IptablesBackend(Backend):
 
     @staticmethod
     def _delta(known: SetRecord, ws: WantSet) -> tuple[frozenset[Interval], frozenset[Interval]]:
-        found = element_delta(known, ws.cidrs, lambda: ipset_intervals(ws.cidrs), _split_zero)
+        found = element_delta(known, ws.refuse, lambda: ipset_intervals(ws.refuse), _hash_net)
         assert found is not None  # the caller passes a record with its elements
         return found
 
@@ -506,7 +502,7 @@ class IptablesBackend(Backend):
         return [f"create {name} {ws.type} family {ws.ipset_family} maxelem {maxelem}{extra}"]
 
     def _fill_lines(self, ws: WantSet, name: str) -> list[str]:
-        entries = [half for cidr in ws.cidrs for half in _halves(cidr)]
+        entries = [_entry(block) for iv in ws.refuse for block in _blocks(iv)]
         return self._create_lines(ws, name, len(entries)) + [f"add {name} {entry}" for entry in entries]
 
     def _ipset_before(self, want: Desired, state: IptState, actions: dict[str, Any], strict: bool) -> tuple[list[str], list[str]]:
@@ -615,7 +611,7 @@ class IptablesBackend(Backend):
                 continue
             ws = want.sets.get(name)
             in_sync = ws is not None and (ws.listener, ws.family) not in changed
-            cache.sets[name] = SetRecord(known.intervals, ws.cidrs if in_sync and ws else None)
+            cache.sets[name] = SetRecord(known.intervals, ws.refuse if in_sync and ws else None)
             cache.counts[name] = state.headers[name].entries
         self._cache = cache
         self._known_headers = state.headers
@@ -663,8 +659,8 @@ class IptablesBackend(Backend):
                     entries.difference_update(action[1])
                     entries.update(action[0])
             else:
-                entries = set(ipset_intervals(ws.cidrs))
-            cache.sets[ws.name] = SetRecord(entries, ws.cidrs)
+                entries = set(ipset_intervals(ws.refuse))
+            cache.sets[ws.name] = SetRecord(entries, ws.refuse)
             cache.counts[ws.name] = len(entries) if incremental else headers[ws.name].entries
         self._cache, self._known_headers = cache, headers
         return result
@@ -712,10 +708,7 @@ class IptablesBackend(Backend):
 
     @serialized
     def promote(self, listener: str, address: str, seconds: float) -> None:
-        if not 0 < seconds <= self.max_promote_seconds:
-            raise KernelError(f"promotion time must be between 1 and {self.max_promote_seconds} seconds")
-        family = ipaddress.ip_address(address).version
-        name = NAMES.name("promoted", listener_id(listener), family)
+        family, name = promotion_set(NAMES, listener, address, seconds, self.max_promote_seconds)
         if name not in ipset.headers():
             raise KernelError(
                 f"listener {listener!r} has no {role_label('promoted', family)} set in the kernel "

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from netpolicy.kernel.values import KernelError, role_label
+from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 # ipset names are limited to 31 characters: "netpolicy-" + id + "-r4" must fit.
@@ -71,8 +72,8 @@ class ListenerLayout:
             return None
         return str(ipaddress.ip_address(self.plan.address))
 
-    def refuse_cidrs(self, family: int) -> tuple[str, ...]:
-        return tuple(self.plan.refuse4 if family == 4 else self.plan.refuse6)
+    def refuse(self, family: int) -> tuple[Interval, ...]:
+        return self.plan.refuse4 if family == 4 else self.plan.refuse6
 
     def rule_key(self, role: str, family: int) -> str:
         """The part of a rule comment that identifies the rule (the generation follows it)."""

@@ -6,7 +6,7 @@ listener can receive (4 shown; 6 is the same with ``ip6``)::
     table inet netpolicy {
         counter refused_<id>                                # refusals, for status
         set h4_<id> { type ipv4_addr; }                     # the plan's single hosts
-        set n4_<id> { type ipv4_addr; flags interval; }     # the plan's networks
+        set n4_<id> { type ipv4_addr; flags interval; }     # the plan's ranges
         set t4_<id> { type ipv4_addr; flags interval; }     # empty, but while a network is replaced
         set p4_<id> { type ipv4_addr; flags timeout; }      # hosts promoted at runtime
         chain input { type filter hook input priority filter - 10; policy accept;
@@ -59,17 +59,16 @@ from netpolicy.kernel.engine import (
     element_delta,
     list_delta,
     listener_statuses,
+    promotion_set,
 )
 from netpolicy.kernel.layout import (
     COMMENT_PREFIX,
     OwnedSet,
     layout,
-    listener_id,
     rule_comment,
     split_comment,
 )
 from netpolicy.kernel.values import (
-    Interval,
     KernelDiff,
     KernelError,
     KernelStatus,
@@ -79,7 +78,7 @@ from netpolicy.kernel.values import (
     SetDelta,
     role_label,
 )
-from netpolicy.model.intervals import intersecting
+from netpolicy.model.intervals import Interval, intersecting
 from netpolicy.model.plan import KernelPlan
 
 TABLE = "netpolicy"
@@ -126,7 +125,7 @@ class WantGroup:
 
     listener: str
     family: int
-    cidrs: tuple[str, ...]
+    refuse: tuple[Interval, ...]
     hosts: str
     networks: str
     transit: str  # empty, but while a network is replaced by an overlapping one: _element_phases
@@ -161,7 +160,7 @@ def desired(plan: KernelPlan, log_group: int | None) -> Desired:
         want.counters[counter] = f"refusals of listener {ll.name}"
         for family in ll.families:
             names = {kind: NAMES.name(kind, ll.lid, family) for kind in KINDS}
-            want.groups.append(WantGroup(ll.name, family, ll.refuse_cidrs(family), names["hosts"], names["networks"], names["transit"]))
+            want.groups.append(WantGroup(ll.name, family, ll.refuse(family), names["hosts"], names["networks"], names["transit"]))
             for kind in KINDS:
                 want.sets[names[kind]] = WantSet(names[kind], ll.lid, ll.name, kind, family)
                 key = ll.rule_key(kind, family)
@@ -249,7 +248,7 @@ def _group_changes(group: WantGroup, state: NftState, fresh: set[str]) -> Change
     both sets hold one same refuse list, its delta to the plan's is split between them."""
     hosts, nets = state.elements.get(group.hosts), state.elements.get(group.networks)
     if not fresh & {group.hosts, group.networks} and hosts is not None and nets is not None and None not in (hosts.intervals, nets.intervals) and hosts.source is nets.source:
-        found = list_delta(hosts.source, group.cidrs)
+        found = list_delta(hosts.source, group.refuse)
         if found is not None:
             added, removed = found
             return {
@@ -257,10 +256,10 @@ def _group_changes(group: WantGroup, state: NftState, fresh: set[str]) -> Change
                 group.networks: (added - {i for i in added if is_host(i)}, removed - {i for i in removed if is_host(i)}),
             }
     out: Changes = {}
-    for name, want in zip((group.hosts, group.networks), split_hosts(group.cidrs)):
+    for name, want in zip((group.hosts, group.networks), split_hosts(group.refuse)):
         record = state.elements.get(name)
         # each set holds only part of its source list: compared by elements, not by list
-        out[name] = None if name in fresh or record is None else element_delta(SetRecord(record.intervals), group.cidrs, lambda: want)
+        out[name] = None if name in fresh or record is None else element_delta(SetRecord(record.intervals), group.refuse, lambda: want)
     return out
 
 
@@ -445,7 +444,7 @@ def _spans(intervals: Set[Interval]) -> list[tuple[int, int]]:
 def _wanted(want: Desired, name: str) -> frozenset[Interval]:
     for group in want.groups:
         if name in (group.hosts, group.networks):
-            hosts, nets = split_hosts(group.cidrs)
+            hosts, nets = split_hosts(group.refuse)
             return hosts if name == group.hosts else nets
     return frozenset()
 
@@ -626,7 +625,7 @@ class NftablesBackend(Backend):
     @staticmethod
     def _verified_sets(state: NftState, want: Desired, batch: _Batch) -> dict[str, SetRecord]:
         """Sets found equal to the plan remember the refuse list they hold."""
-        sources = {name: g.cidrs for g in want.groups for name in (g.hosts, g.networks)}
+        sources = {name: g.refuse for g in want.groups for name in (g.hosts, g.networks)}
         out: dict[str, SetRecord] = {}
         for name, known in state.elements.items():
             if known.intervals is None:
@@ -698,7 +697,7 @@ class NftablesBackend(Backend):
                 change = batch.changes.get(name)
                 old = before.elements[name].intervals if name in before.elements else None
                 if change is None or old is None:
-                    sets[name] = SetRecord(set(split_hosts(group.cidrs)[index]), group.cidrs)
+                    sets[name] = SetRecord(set(split_hosts(group.refuse)[index]), group.refuse)
                     continue
                 add, remove = change
                 if add or remove:
@@ -706,7 +705,7 @@ class NftablesBackend(Backend):
                     mutable.difference_update(remove)
                     mutable.update(add)
                     old = mutable
-                sets[name] = SetRecord(old, group.cidrs)
+                sets[name] = SetRecord(old, group.refuse)
         table = m.read_table(sock, TABLE)
         state = NftState(expected_genid, table, consistent=sock.genid() == expected_genid)
         self._remember(state, plan, sets)
@@ -764,10 +763,7 @@ class NftablesBackend(Backend):
     @serialized
     @_netlink_errors
     def promote(self, listener: str, address: str, seconds: float) -> None:
-        if not 0 < seconds <= self.max_promote_seconds:
-            raise KernelError(f"promotion time must be between 1 and {self.max_promote_seconds} seconds")
-        family = ipaddress.ip_address(address).version
-        name = NAMES.name("promoted", listener_id(listener), family)
+        family, name = promotion_set(NAMES, listener, address, seconds, self.max_promote_seconds)
         elem = m.timeout_element(address, seconds)
         # add (so the element exists), delete, add again: replaces an older timeout in one step
         msgs = [

@@ -27,7 +27,7 @@ from netpolicy.kernel.nfnl import (
     nest,
     strz,
 )
-from netpolicy.kernel.values import Interval
+from netpolicy.model.intervals import Interval
 
 FAMILY = nfnl.NFPROTO_INET
 

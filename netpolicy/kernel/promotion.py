@@ -17,7 +17,10 @@ WINDOW = 3600.0
 
 
 @dataclass(frozen=True)
-class Promotion:
+class PromotionDecision:
+    """A host that reached its threshold: serve is to hold it in the kernel for ``seconds``.
+    (What the kernel then holds, with the time left, is ``values.Promotion``.)"""
+
     listener: str
     address: str
     seconds: int
@@ -32,8 +35,8 @@ class OffenceTracker:
         self._max_hosts = max_hosts
         self._clock = clock
 
-    def record(self, listener: str, address: str, promote_after: int | None, promote_for: int) -> Promotion | None:
-        """Count one offence; return a Promotion when the host reaches its threshold."""
+    def record(self, listener: str, address: str, promote_after: int | None, promote_for: int) -> PromotionDecision | None:
+        """Count one offence; return a decision to promote when the host reaches its threshold."""
         if promote_after is None:
             return None
         now = self._clock()
@@ -47,5 +50,5 @@ class OffenceTracker:
             self._hits.popitem(last=False)
         if len(hits) >= promote_after:
             del self._hits[key]  # start afresh: the next promotion needs a new run of offences
-            return Promotion(listener, address, promote_for, len(hits))
+            return PromotionDecision(listener, address, promote_for, len(hits))
         return None

@@ -1,4 +1,4 @@
-"""Values shared by every backend: address intervals, diffs, status, promotions, errors.
+"""Values shared by every backend: diffs, status, promotions, errors.
 
 Backends differ in how they store a refuse set (nftables interval elements, ipset ``hash:net``
 CIDRs) but the diff, the human ``+ 192.0.2.0/24 -> IncomingMail refuse4`` lines and the JSON
@@ -8,11 +8,10 @@ forms are the same, so the CLI and the reconciler never care which backend they 
 from __future__ import annotations
 
 import heapq
-import ipaddress
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+
+from netpolicy.model.intervals import Interval
 
 
 class KernelError(RuntimeError):
@@ -28,52 +27,6 @@ class MissingCapability(KernelError):
             "netpolicy needs the CAP_NET_ADMIN capability to read or change netfilter state"
             f"{extra}; run it as root or grant it cap_net_admin"
         )
-
-
-class Interval(NamedTuple):
-    """An inclusive address range of one family; a plan's CIDR is one interval.
-
-    A named tuple rather than a dataclass: sets of a million of them are hashed, compared and
-    sorted, and tuple comparison runs in C.
-    """
-
-    version: int
-    first: int
-    last: int
-
-    @classmethod
-    def from_cidr(cls, text: str) -> "Interval":
-        """Parse ``a.b.c.d/n`` or ``x::y/n`` (prefix optional); host bits must be zero."""
-        addr, _, plen = text.partition("/")
-        if ":" in addr:
-            version, bits, packed = 6, 128, socket.inet_pton(socket.AF_INET6, addr)
-        else:
-            version, bits, packed = 4, 32, socket.inet_pton(socket.AF_INET, addr)
-        prefix = int(plen) if plen else bits
-        if not 0 <= prefix <= bits:
-            raise ValueError(f"{text!r}: prefix length out of range")
-        first = int.from_bytes(packed, "big")
-        hostmask = (1 << (bits - prefix)) - 1
-        if first & hostmask:
-            raise ValueError(f"{text!r} has host bits set")
-        return cls(version, first, first | hostmask)
-
-    @property
-    def max_address(self) -> int:
-        return (1 << 32) - 1 if self.version == 4 else (1 << 128) - 1
-
-    def cidrs(self) -> list[str]:
-        """The interval as CIDR strings (one when it is a network, several for a range)."""
-        size = self.last - self.first + 1
-        if size & (size - 1) == 0 and self.first % size == 0:  # a network: the common case, fast
-            bits, family = (32, socket.AF_INET) if self.version == 4 else (128, socket.AF_INET6)
-            text = socket.inet_ntop(family, self.first.to_bytes(bits // 8, "big"))
-            return [f"{text}/{bits - size.bit_length() + 1}"]
-        addr = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
-        return [str(n) for n in ipaddress.summarize_address_range(addr(self.first), addr(self.last))]
-
-    def __str__(self) -> str:
-        return ", ".join(self.cidrs())
 
 
 def role_label(role: str, family: int) -> str:
@@ -174,7 +127,8 @@ class KernelDiff:
 
 @dataclass(frozen=True)
 class Promotion:
-    """A host pushed into a listener's timed refuse set at runtime."""
+    """A host the kernel holds in a listener's timed refuse set (pushed there at runtime), as
+    read back from the kernel."""
 
     listener: str  # the listener's kernel id (see ``layout.listener_id``)
     address: str

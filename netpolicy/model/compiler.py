@@ -12,12 +12,10 @@ space at once:
 - a TCPREFUSE row's own host-name and DNS-list entries are userland-only by nature.
 
 All set arithmetic is on integer intervals (``netpolicy.model.intervals``), so a million entries
-compile in seconds and the result is already sorted and collapsed.
+compile in seconds and the result is already sorted and merged: the plan's ranges.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from netpolicy.model.entries import (
     V4_MAX,
@@ -26,26 +24,12 @@ from netpolicy.model.entries import (
     DnsListEntry,
     Entry,
     HostnameEntry,
-    interval_to_cidrs,
 )
-from netpolicy.model.intervals import Interval, contains, merge, subtract
+from netpolicy.model.intervals import merge, subtract, versioned
 from netpolicy.model.plan import KernelPlan, ListenerPlan, UserlandOnly
 from netpolicy.model.policy import Listener, Policy
 
-_FULL: dict[int, list[Interval]] = {4: [(0, V4_MAX)], 6: [(0, V6_MAX)]}
-
-
-@dataclass
-class CompiledListener:
-    """A listener's plan plus the refuse intervals it was written from (for membership tests)."""
-
-    plan: ListenerPlan
-    refuse: dict[int, list[Interval]]
-
-    def refuses(self, family: int, value: int) -> bool:
-        """Would the kernel refuse this address (``trace``'s "enforced in kernel")?"""
-        ivs = self.refuse[family]
-        return contains(ivs, [s for s, _ in ivs], value)
+_FULL: dict[int, list[tuple[int, int]]] = {4: [(0, V4_MAX)], 6: [(0, V6_MAX)]}
 
 
 def _describe(entry: Entry, plural: bool = False) -> str:
@@ -53,9 +37,9 @@ def _describe(entry: Entry, plural: bool = False) -> str:
     return kind + ("ies" if plural else "y")
 
 
-def compile_listener(policy: Policy, listener: Listener) -> CompiledListener:
-    decided: dict[int, list[Interval]] = {4: [], 6: []}
-    refuse: dict[int, list[Interval]] = {4: [], 6: []}
+def compile_listener(policy: Policy, listener: Listener) -> ListenerPlan:
+    decided: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    refuse: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
     userland: list[UserlandOnly] = []
     blocker: str | None = None  # why later rows cannot reach the kernel
     for row in listener.hat:
@@ -79,22 +63,21 @@ def compile_listener(policy: Policy, listener: Listener) -> CompiledListener:
             blocker = f"{_describe(first)} {first.text} of {row.group} ({mfp.behavior})"
         for fam in (4, 6):
             decided[fam] = merge(decided[fam] + by_family[fam])
-    plan = ListenerPlan(
+    return ListenerPlan(
         name=listener.name,
         address=listener.address,
         port=listener.port,
         kernel=listener.kernel,
-        refuse4=tuple(c for s, e in refuse[4] for c in interval_to_cidrs(4, s, e)),
-        refuse6=tuple(c for s, e in refuse[6] for c in interval_to_cidrs(6, s, e)),
+        refuse4=versioned(4, refuse[4]),
+        refuse6=versioned(6, refuse[6]),
         userland_only=tuple(userland),
     )
-    return CompiledListener(plan, refuse)
 
 
-def _row_intervals(group: str, entries: list[Entry]) -> dict[int, list[Interval]]:
+def _row_intervals(group: str, entries: list[Entry]) -> dict[int, list[tuple[int, int]]]:
     if group == "ALL":
         return {4: list(_FULL[4]), 6: list(_FULL[6])}
-    out: dict[int, list[Interval]] = {4: [], 6: []}
+    out: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
     for entry in entries:
         if isinstance(entry, AddressEntry):
             out[entry.family].append((entry.start, entry.end))
@@ -111,5 +94,5 @@ def compile_policy(policy: Policy) -> KernelPlan:
     """The kernel plan for every listener (``kernel: false`` listeners get empty sets)."""
     return KernelPlan(
         generation=policy.generation(),
-        listeners=tuple(compile_listener(policy, listener).plan for listener in policy.listeners),
+        listeners=tuple(compile_listener(policy, listener) for listener in policy.listeners),
     )

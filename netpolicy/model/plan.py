@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from netpolicy.model.intervals import Interval, cidr_texts, covers
+
 
 @dataclass(frozen=True)
 class UserlandOnly:
@@ -26,8 +28,10 @@ class UserlandOnly:
 class ListenerPlan:
     """Refuse sets for one listener.
 
-    ``refuse4``/``refuse6`` are minimal: sorted (numerically), collapsed CIDR strings such as
-    ``"192.0.2.0/24"``; single hosts are written with their prefix (``/32``, ``/128``).
+    ``refuse4``/``refuse6`` are sorted, disjoint ranges with touching ones merged: the form
+    nftables interval sets take as they are. CIDR text is made from them only for output: the
+    JSON form lists the minimal sorted CIDRs (single hosts with their prefix, ``/32``,
+    ``/128``), and the ipset backend, whose ``hash:net`` sets take CIDRs, splits them itself.
     ``address`` is the listener's bind address: ``0.0.0.0`` matches every IPv4 destination,
     ``::`` every destination of both families (a dual-stack socket), anything else only itself.
     ``kernel`` is False when the listener has kernel enforcement off; its sets are then empty
@@ -38,9 +42,13 @@ class ListenerPlan:
     address: str
     port: int
     kernel: bool
-    refuse4: tuple[str, ...] = ()
-    refuse6: tuple[str, ...] = ()
+    refuse4: tuple[Interval, ...] = ()
+    refuse6: tuple[Interval, ...] = ()
     userland_only: tuple[UserlandOnly, ...] = ()
+
+    def refuses(self, family: int, value: int) -> bool:
+        """Would the kernel refuse this address (``trace``'s "enforced in kernel")?"""
+        return covers(self.refuse4 if family == 4 else self.refuse6, value)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -48,7 +56,7 @@ class ListenerPlan:
             "address": self.address,
             "port": self.port,
             "kernel": self.kernel,
-            "refuse": {"ipv4": list(self.refuse4), "ipv6": list(self.refuse6)},
+            "refuse": {"ipv4": cidr_texts(self.refuse4), "ipv6": cidr_texts(self.refuse6)},
             "userland_only": [u.as_json() for u in self.userland_only],
         }
 

@@ -3,6 +3,8 @@
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netpolicy.model.entries import (
     AddressEntry,
@@ -10,9 +12,9 @@ from netpolicy.model.entries import (
     DnsListEntry,
     EntryError,
     HostnameEntry,
-    interval_to_cidrs,
     parse_entry,
 )
+from netpolicy.model.intervals import Interval
 
 
 def span(text: str) -> tuple[str, str]:
@@ -74,10 +76,30 @@ def test_bad_entries(text: str, message: str) -> None:
         parse_entry(text)
 
 
-def test_interval_to_cidrs_is_minimal() -> None:
+def test_a_range_entry_as_cidrs_is_minimal() -> None:
     e = parse_entry("198.51.100.10-20")
     assert isinstance(e, AddressEntry)
-    cidrs = interval_to_cidrs(4, e.start, e.end)
+    cidrs = Interval(4, e.start, e.end).cidrs()
     assert cidrs == ["198.51.100.10/31", "198.51.100.12/30", "198.51.100.16/30", "198.51.100.20/32"]
     covered = {a for c in cidrs for a in ipaddress.ip_network(c)}
     assert covered == {ipaddress.ip_address(f"198.51.100.{i}") for i in range(10, 21)}
+
+
+@pytest.mark.parametrize("text", ["1.2.3.4\x00/24", "1.2.3.4\x00", "10.0.0.0/8\x00"])
+def test_a_nul_inside_an_entry_is_an_entry_error(text: str) -> None:
+    with pytest.raises(EntryError):
+        parse_entry(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.sampled_from(["", " ", "\t"]), st.sampled_from(["", "0"]))
+def test_dotted_quads_and_networks_agree_with_ipaddress(value: int, length: int, pad: str, zero: str) -> None:
+    """The short path for ``a.b.c.d[/n]`` and the general one give what ``ipaddress`` gives."""
+    host = str(ipaddress.IPv4Address(value))
+    assert parse_entry(pad + host + pad) == AddressEntry(host, 4, value, value)
+    net = ipaddress.IPv4Network((value, length), strict=False)
+    text = f"{net.network_address}/{zero}{length}"  # "/08" is the general path's
+    assert parse_entry(pad + text + pad) == AddressEntry(text, 4, int(net.network_address), int(net.broadcast_address))
+    if int(net.network_address) != value:
+        with pytest.raises(EntryError, match="host bits set"):
+            parse_entry(f"{host}/{length}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from netpolicy.kernel.engine import DataplaneCache, SetRecord, element_delta
-from netpolicy.kernel.values import Interval
+from netpolicy.model.intervals import Interval
 
 
 def iv(cidr: str) -> Interval:
@@ -28,12 +28,21 @@ def test_a_dataplane_without_generations_is_trusted_while_its_size_holds() -> No
 
 
 def test_element_delta_list_against_list_or_by_elements() -> None:
-    old = ("192.0.2.1/32", "198.51.100.0/24")
-    new = ("192.0.2.1/32", "192.0.2.9/32", "198.51.100.0/24")
-    held = frozenset(map(iv, old))
+    old = tuple(map(iv, ("192.0.2.1/32", "198.51.100.0/24")))
+    new = tuple(map(iv, ("192.0.2.1/32", "192.0.2.9/32", "198.51.100.0/24")))
+    held = frozenset(old)
     by_list = element_delta(SetRecord(held, old), new, lambda: frozenset())  # wanted() is not needed
     assert by_list == (frozenset({iv("192.0.2.9/32")}), frozenset())
-    by_elements = element_delta(SetRecord(held | {iv("10.0.0.0/8")}), new, lambda: frozenset(map(iv, new)))
+    by_elements = element_delta(SetRecord(held | {iv("10.0.0.0/8")}), new, lambda: frozenset(new))
     assert by_elements == (frozenset({iv("192.0.2.9/32")}), frozenset({iv("10.0.0.0/8")}))
     assert element_delta(None, new, lambda: frozenset()) is None
     assert element_delta(SetRecord(None), new, lambda: frozenset()) is None
+
+
+def test_a_range_replaced_by_a_longer_one_keeps_the_stored_blocks_they_share() -> None:
+    """A hash:net set stores ranges as CIDR blocks: 10.0.0.0-5 -> 10.0.0.0-6 adds one block and
+    removes none (adding and removing the shared /30 and /31 would drop them from the set)."""
+    old, new = (Interval(4, 0x0A000000, 0x0A000005),), (Interval(4, 0x0A000000, 0x0A000006),)
+    stored = frozenset(old[0].blocks())
+    found = element_delta(SetRecord(stored, old), new, lambda: frozenset(), lambda ivs: frozenset(b for i in ivs for b in i.blocks()))
+    assert found == (frozenset({iv("10.0.0.6/32")}), frozenset())

@@ -12,7 +12,6 @@ from netpolicy.kernel.layout import (
     split_comment,
 )
 from netpolicy.kernel.values import (
-    Interval,
     KernelDiff,
     KernelError,
     KernelStatus,
@@ -21,6 +20,7 @@ from netpolicy.kernel.values import (
     Problem,
     SetDelta,
 )
+from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 
@@ -95,11 +95,11 @@ def test_families_follow_the_bind_address() -> None:
 
 def test_layout_skips_userland_listeners_and_rejects_clashing_ids() -> None:
     plan = KernelPlan("g", (
-        ListenerPlan("A", "0.0.0.0", 25, True, ("192.0.2.0/24",)),
+        ListenerPlan("A", "0.0.0.0", 25, True, (Interval.from_cidr("192.0.2.0/24"),)),
         ListenerPlan("B", "2001:db8::1", 26, False),
     ))
     (only,) = layout(plan)
-    assert only.name == "A" and only.daddr(4) is None and only.refuse_cidrs(4) == ("192.0.2.0/24",)
+    assert only.name == "A" and only.daddr(4) is None and only.refuse(4) == (Interval.from_cidr("192.0.2.0/24"),)
     clash = KernelPlan("g", (ListenerPlan("A", "0.0.0.0", 25, True), ListenerPlan("A", "::", 26, True)))
     with pytest.raises(KernelError, match="same kernel id"):
         layout(clash)

@@ -7,7 +7,7 @@ import pytest
 from netpolicy.kernel import ipset
 from netpolicy.kernel import iptables as ipt
 from netpolicy.kernel import nftables as nft
-from netpolicy.kernel.values import Interval
+from netpolicy.model.intervals import Interval
 
 IPSET_LIST = """Name: netpolicy-IncomingMail-r4
 Type: hash:net
@@ -57,8 +57,11 @@ def test_set_names_round_trip() -> None:
     assert len(ipt.temp_name(ipt.NAMES.name("refuse", "x" * 18, 6))) <= 31
 
 
-def test_hash_net_has_no_slash_zero() -> None:
-    assert ipt._halves("0.0.0.0/0") == ("0.0.0.0/1", "128.0.0.0/1")
-    assert ipt._halves("::/0") == ("::/1", "8000::/1")
-    assert ipt._halves("192.0.2.0/24") == ("192.0.2.0/24",)
-    assert ipt.ipset_intervals(("0.0.0.0/0",)) == {Interval.from_cidr("0.0.0.0/1"), Interval.from_cidr("128.0.0.0/1")}
+def test_hash_net_takes_ranges_as_cidr_blocks_and_has_no_slash_zero() -> None:
+    def entries(*ranges: Interval) -> set[str]:
+        return {c for i in ipt.ipset_intervals(ranges) for c in i.cidrs()}
+
+    assert entries(Interval.from_cidr("0.0.0.0/0")) == {"0.0.0.0/1", "128.0.0.0/1"}
+    assert entries(Interval.from_cidr("::/0")) == {"::/1", "8000::/1"}
+    assert entries(Interval.from_cidr("192.0.2.0/24")) == {"192.0.2.0/24"}
+    assert entries(Interval(4, 0xC6336401, 0xC6336404)) == {"198.51.100.1/32", "198.51.100.2/31", "198.51.100.4/32"}

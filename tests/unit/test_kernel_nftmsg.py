@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from netpolicy.kernel import nfnl
 from netpolicy.kernel import nftmsg as m
-from netpolicy.kernel.values import Interval
+from netpolicy.model.intervals import Interval
 
 
 def parse_elements(blob: bytes) -> list[m.Element]:

@@ -15,14 +15,18 @@ from hypothesis import strategies as st
 
 from netpolicy.kernel import nftables as nft
 from netpolicy.kernel.delta import split_hosts
-from netpolicy.kernel.values import Interval
+from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan, ListenerPlan
 
 SPACE = ipaddress.ip_network("10.0.0.0/26")
 
 
+def ivs(cidrs: tuple[str, ...]) -> tuple[Interval, ...]:
+    return tuple(map(Interval.from_cidr, cidrs))
+
+
 def _plan(refuse4: tuple[str, ...]) -> KernelPlan:
-    return KernelPlan("g", (ListenerPlan("IncomingMail", "10.1.0.1", 25, True, refuse4, ()),))
+    return KernelPlan("g", (ListenerPlan("IncomingMail", "10.1.0.1", 25, True, ivs(refuse4), ()),))
 
 
 def _changes(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, dict[str, tuple[frozenset[Interval], frozenset[Interval]]]]:
@@ -30,7 +34,7 @@ def _changes(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, d
     want = nft.desired(_plan(new), None)
     group = want.groups[0]
     names = (group.hosts, group.networks)
-    return want, {name: (wanted - was, was - wanted) for name, was, wanted in zip(names, split_hosts(old), split_hosts(new))}
+    return want, {name: (wanted - was, was - wanted) for name, was, wanted in zip(names, split_hosts(ivs(old)), split_hosts(ivs(new)))}
 
 
 def _phases(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, list[list[nft.ElementOp]]]:
@@ -47,9 +51,9 @@ def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.Eleme
     an address refused before and after the change is not kept by one same set, or where one
     refused by neither plan is refused in between."""
     group = want.groups[0]
-    sets = {group.hosts: set(split_hosts(old)[0]), group.networks: set(split_hosts(old)[1]), group.transit: set()}
+    sets = {group.hosts: set(split_hosts(ivs(old))[0]), group.networks: set(split_hosts(ivs(old))[1]), group.transit: set()}
     before_all = {a: _covering(sets, a) for a in range(int(SPACE[0]), int(SPACE[-1]) + 1)}
-    final_want = {name: set(members) for name, members in zip((group.hosts, group.networks), split_hosts(want.groups[0].cidrs))}
+    final_want = {name: set(members) for name, members in zip((group.hosts, group.networks), split_hosts(want.groups[0].refuse))}
     final_want[group.transit] = set()
     after_all = {a: _covering(final_want, a) for a in before_all}
     problems = []

@@ -1,6 +1,6 @@
 """Offence counting for dynamic promotion: threshold within a sliding hour, bounded memory."""
 
-from netpolicy.kernel.promotion import OffenceTracker, Promotion
+from netpolicy.kernel.promotion import OffenceTracker, PromotionDecision
 
 
 class Clock:
@@ -17,7 +17,7 @@ def test_promotes_at_threshold_within_the_hour() -> None:
     assert t.record("L", "192.0.2.5", 3, 600) is None
     clock.now += 100
     assert t.record("L", "192.0.2.5", 3, 600) is None
-    assert t.record("L", "192.0.2.5", 3, 600) == Promotion("L", "192.0.2.5", 600, 3)
+    assert t.record("L", "192.0.2.5", 3, 600) == PromotionDecision("L", "192.0.2.5", 600, 3)
     assert t.record("L", "192.0.2.5", 3, 600) is None  # counting starts afresh
 
 
