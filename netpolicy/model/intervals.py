@@ -7,8 +7,9 @@ they are). One module keeps all of them on the same arithmetic, so the kernel an
 cannot disagree about what an entry covers. CIDR text is made only where a person or ipset
 reads it (``Interval.cidrs``), and parsed only where it comes in (``Interval.from_cidr``).
 
-Within one family the arithmetic works on bare ``(first, last)`` pairs (``_Span``): sorting and
-merging a million of them is a third faster than with the family carried in every tuple.
+Within one family the arithmetic works on bare ``(first, last)`` pairs (``_Span``): they sort
+about 7% faster than with the family carried in every tuple (1M random ranges: 1.28 s against
+1.38 s), and the family is added once, when the result becomes ``Interval`` values.
 """
 
 from __future__ import annotations
