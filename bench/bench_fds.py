@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -24,13 +25,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.serve_policy import PORT, write_policy  # noqa: E402
 from tests.support.netns import NetPair, net_pair  # noqa: E402
+from tests.support.serve_policy import PORT, write_policy  # noqa: E402
+from tests.support.wait import wait_until  # noqa: E402
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
 
@@ -59,14 +60,6 @@ def banner(pair: NetPair) -> bool:
             return sock.recv(16).startswith(b"220")
     except OSError:
         return False
-
-
-def wait(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not come up")
-        time.sleep(0.05)
 
 
 async def _session(host: str, quit_unread: bool) -> None:
@@ -109,8 +102,8 @@ def load(pair: NetPair, sessions: int, concurrency: int = 50) -> tuple[int, floa
 def measure(name: str, pair: NetPair, args: list[str], sessions: int, limit: float) -> str:
     proc = pair.server.popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait(lambda: banner(pair), 20)
-        time.sleep(0.5)  # let the probe's session end before taking the idle count
+        wait_until(lambda: banner(pair), f"{name} to greet", timeout=20)
+        wait_until(lambda: not pair.server.tcp_connections(), "the greeting probe's connection to close")
         idle = fds(proc.pid)
         samples: list[tuple[float, int]] = []
         stop = threading.Event()
@@ -118,15 +111,15 @@ def measure(name: str, pair: NetPair, args: list[str], sessions: int, limit: flo
         def sample() -> None:
             while not stop.is_set():
                 samples.append((time.monotonic(), fds(proc.pid)))
-                time.sleep(0.01)
+                time.sleep(0.01)  # the sampling period, not a wait for anything
 
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
             failed, last_close = load(pair, sessions)
-            deadline = last_close + limit
-            while time.monotonic() < deadline and not (samples and samples[-1][0] > last_close and samples[-1][1] <= idle):
-                time.sleep(0.01)
+            with contextlib.suppress(AssertionError):  # not back within the limit: reported below
+                wait_until(lambda: bool(samples) and samples[-1][0] > last_close and samples[-1][1] <= idle, "idle fds",
+                           timeout=max(0.0, last_close + limit - time.monotonic()), step=0.01)
         finally:
             stop.set()
             sampler.join()

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.netns import NetPair, net_pair  # noqa: E402
+from tests.support.wait import wait_until  # noqa: E402
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
 PORT = 2525
@@ -83,19 +84,12 @@ def status(pid: int) -> dict[str, int]:
     return out
 
 
-def wait_banner(pair: NetPair, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with pair.client.connect((pair.server_v4, PORT), timeout=1) as sock:
-                if sock.recv(512).startswith(b"220"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("the server never greeted")
+def greets(pair: NetPair, proc: subprocess.Popen[bytes]) -> bool:
+    """The server answers 220; a server that exited never will."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"server exited with {proc.returncode}")
+    with pair.client.connect((pair.server_v4, PORT), timeout=1) as sock:
+        return sock.recv(512).startswith(b"220")
 
 
 def server_pid(proc: subprocess.Popen[bytes]) -> int:
@@ -141,7 +135,7 @@ def burst(pair: NetPair, pid: int, sources: list[str], body: bytes) -> tuple[int
         t.start()
     while any(t.is_alive() for t in threads):
         peak = max(peak, status(pid)["VmRSS"])
-        time.sleep(0.01)
+        time.sleep(0.01)  # the sampling period, not a wait for anything
     for t in threads:
         t.join()
     return idle, peak, status(pid)["VmHWM"], replies
@@ -158,7 +152,7 @@ def run_server(pair: NetPair, kind: str, workdir: Path, sources: list[str], body
         args = [sys.executable, __file__, "--baseline", pair.server_v4, str(store)]
     proc = pair.server.popen(args, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{kind}.err", "ab"))
     try:
-        wait_banner(pair, proc)
+        wait_until(lambda: greets(pair, proc), "the server's greeting", timeout=20, ignoring=(OSError,))
         idle, peak, hwm, replies = burst(pair, server_pid(proc), sources, body)
         stored = len(os.listdir(store / "new")) if kind == "netpolicy" else len(os.listdir(store))
     finally:

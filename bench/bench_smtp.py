@@ -42,6 +42,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.support.wait import wait_until  # noqa: E402
+
 SENDER = "bench@sender.test"
 RECIPIENT = "rcpt@example.test"
 
@@ -53,17 +57,13 @@ def free_port() -> int:
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def greets() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.recv(512)  # the banner: the server is really serving
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing answers on port {port}")
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return bool(s.recv(512))  # the banner: the server is really serving
+
+    wait_until(greets, f"a banner on port {port}", timeout=timeout, ignoring=(OSError,))
 
 
 # --- servers run in child processes (python bench_smtp.py --serve KIND PORT [DIR]) ----------
@@ -178,13 +178,14 @@ def postfix_instance(port: int, workdir: str) -> Iterator[int]:
     started = subprocess.run(["postfix", "-c", conf, "start"], env=env, capture_output=True, text=True)
     if started.returncode != 0:
         raise RuntimeError(f"postfix start failed; see {settings['maillog_file']}")
+    with open(os.path.join(queue, "pid", "master.pid")) as f:
+        master = int(f.read().strip())
     try:
         wait_port(port)
-        with open(os.path.join(queue, "pid", "master.pid")) as f:
-            yield int(f.read().strip())
+        yield master
     finally:
         subprocess.run(["postfix", "-c", conf, "stop"], env=env, capture_output=True)
-        time.sleep(0.5)
+        wait_until(lambda: not os.path.exists(f"/proc/{master}"), "Postfix's master process to exit", timeout=10)
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -21,6 +20,7 @@ from netpolicy.smtp.delivery import NextHopSink
 from tests.support.smtp import PLAIN, RELAY, SmtpEnv, env, smtp_pair
 from tests.support.next_hop import ScriptedHop, hop_env
 from tests.support.netns import NetPair
+from tests.support.wait import wait_until_async
 
 __all__ = ["smtp_pair"]
 
@@ -66,17 +66,6 @@ class _QuitGate:
         return line
 
 
-async def settle(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Wait until ``predicate()`` holds; False when the deadline passed first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -113,7 +102,7 @@ async def test_control_characters_leave_no_next_hop_connection(smtp_pair: NetPai
                 assert str(await client.cmd(f"RCPT TO:<u@x.test{char}.example.test>")) == BAD_RECIPIENT, n
             assert (await client.cmd("QUIT")).code == 221
             await client.close()
-        assert await settle(lambda: hop.open_connections == 0), f"{hop.open_connections} next-hop connections left open"
+        await wait_until_async(lambda: hop.open_connections == 0, "every next-hop connection to close")
         assert hop.connections == 10  # only the sessions whose MAIL was taken reached the next hop
         assert hop.accepted == []
         assert errors(caplog) == []
@@ -126,11 +115,11 @@ async def test_next_hop_sink_closes_its_connection_on_any_exception() -> None:
     sink = NextHopSink(await hop.start(), 5, "mx.example.test")
     with pytest.raises(ValueError):
         await sink.open("s@x.test\x00", None)
-    assert await settle(lambda: hop.open_connections == 0), "open() left its connection behind"
+    await wait_until_async(lambda: hop.open_connections == 0, "open() to close its connection")
     txn = await sink.open("s@x.test", None)
     with pytest.raises(ValueError):
         await txn.recipient("u\x01@example.test")
-    assert await settle(lambda: hop.open_connections == 0), "a failed RCPT left the connection open"
+    await wait_until_async(lambda: hop.open_connections == 0, "a failed RCPT to close the connection")
     assert (await txn.recipient("u@example.test")).code == 451  # the transaction is over
     await txn.close()
     await hop.stop()
@@ -142,12 +131,12 @@ async def test_cancelled_quit_still_closes() -> None:
     txn = await sink.open("s@x.test", None)
     assert (await txn.recipient("u@example.test")).code == 250
     closing = asyncio.create_task(txn.close())
-    assert await settle(lambda: hop.quits_unanswered == 1)
+    await wait_until_async(lambda: hop.quits_unanswered == 1, "the QUIT to reach the next hop")
     assert not closing.done()  # close() waits for the answer to QUIT
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
-    assert await settle(lambda: hop.open_connections == 0), "a cancelled close() left the connection open"
+    await wait_until_async(lambda: hop.open_connections == 0, "a cancelled close() to close the connection")
     await hop.stop()
 
 

@@ -28,17 +28,12 @@ from tests.support.smtp import (
     policy_dict,
     smtp_pair,
 )
-from tests.support.netns import Netns, NetPair
+from tests.support.netns import NetPair
+from tests.support.wait import wait_until, wait_until_async
 
 __all__ = ["smtp_pair"]
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
-
-
-def server_connections(ns: Netns) -> list[str]:
-    """TCP sockets in ``ns`` other than listeners (ESTAB, CLOSE-WAIT, LAST-ACK ...)."""
-    lines = ns.exec(["ss", "-Htan"]).stdout.splitlines()
-    return [line for line in lines if not line.startswith("LISTEN")]
 
 
 def own_fds() -> int:
@@ -72,8 +67,8 @@ async def test_sockets_closed_by_clients_are_gone_within_a_second(smtp_pair: Net
         await asyncio.gather(*(one(_ehlo_then_close) for _ in range(100)), *(one(_quit_without_reading) for _ in range(100)))
         closed = time.monotonic()
         stats = e.listener.stats
-        await e.settle(lambda: not server_connections(smtp_pair.server) and own_fds() <= idle and not stats.open_connections,
-                       timeout=1.0)
+        await wait_until_async(lambda: not smtp_pair.server.tcp_connections() and own_fds() <= idle and not stats.open_connections,
+                               "every server socket, fd and session to be gone", timeout=1.0)
         assert time.monotonic() - closed < 1.0
         assert len(e.log_lines(r"ICID \d+ close$")) == 200
 
@@ -104,12 +99,12 @@ async def test_talking_before_the_greeting_is_refused_and_counted(smtp_pair: Net
         sessions = e.listener._services.sessions
         client = await e.client(PLAIN, banner=None)
         await client.send(b"EHLO early.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\n")
-        await e.settle(lambda: any(s.early for s in sessions))
+        await wait_until_async(lambda: any(s.early for s in sessions), "the early talker to be noticed")
         resolver.gate.set()
         answer = await client.answer()
         assert answer.code == 554 and answer.lines[0].startswith("5.5.1 ") and "Protocol error" in answer.text
         assert await client.at_eof()
-        await e.settle(lambda: bool(e.log_lines(r"ICID \d+ close$")))
+        await wait_until_async(lambda: e.log_lines(r"ICID \d+ close$"), "the close log line")
         assert e.log_lines(r"^ICID \d+ Connection refused: PREGREET after [0-9.]+ s: EHLO early\.test\\r\\nMAIL FROM")
         assert not e.log_lines("Start MID")
         assert e.offences == [(PLAIN, "ALL", "pregreet")]
@@ -142,14 +137,6 @@ def _first_line(pair: NetPair, timeout: float = 3.0) -> tuple[socket.socket, str
     return sock, data[:3].decode() or "eof"
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
-
 def test_fd_shortage_is_logged_counted_and_recovers(netpair: NetPair, tmp_path: Path) -> None:
     policy, stderr_path = tmp_path / "policy.yml", tmp_path / "serve.err"
     write_policy(policy, netpair.server_v4, tmp_path / "maildir", kernel=False)
@@ -160,14 +147,11 @@ def test_fd_shortage_is_logged_counted_and_recovers(netpair: NetPair, tmp_path: 
     try:
         def serving() -> bool:
             assert proc.poll() is None, stderr_path.read_text()
-            try:
-                sock, first = _first_line(netpair, timeout=0.5)
-            except OSError:
-                return False
+            sock, first = _first_line(netpair, timeout=0.5)
             sock.close()
             return first == "220"
 
-        _wait(serving, 20, "serve answering")
+        wait_until(serving, "serve to answer 220", timeout=20, ignoring=(OSError,))
         fd_dir = f"/proc/{proc.pid}/fd"  # ip netns exec execs serve: same pid
         idle = len(os.listdir(fd_dir))
         subprocess.run(["prlimit", f"--pid={proc.pid}", f"--nofile={idle + 48}:{idle + 48}"], check=True)
@@ -178,7 +162,7 @@ def test_fd_shortage_is_logged_counted_and_recovers(netpair: NetPair, tmp_path: 
             firsts.append(first)
         assert set(firsts) <= {"220", "421"}, firsts  # nobody is dropped without a reply
         assert "421" in firsts and firsts.index("421") > 0
-        _wait(lambda: "running short of file descriptors" in stderr_path.read_text(), 5, "shortage log line")
+        wait_until(lambda: "running short of file descriptors" in stderr_path.read_text(), "the shortage log line")
 
         def metrics() -> dict[str, float]:
             text = netpair.server.call(lambda: urllib.request.urlopen("http://127.0.0.1:9109/metrics", timeout=3).read().decode())
@@ -190,11 +174,11 @@ def test_fd_shortage_is_logged_counted_and_recovers(netpair: NetPair, tmp_path: 
         for sock in clients:
             sock.close()
         clients.clear()
-        _wait(lambda: len(os.listdir(fd_dir)) <= idle + 2, 5, "serve's fds back to idle")
+        wait_until(lambda: len(os.listdir(fd_dir)) <= idle + 2, "serve's fds back to idle")
         sock, first = _first_line(netpair)
         sock.close()
         assert first == "220"
-        _wait(lambda: "file descriptors available again" in stderr_path.read_text(), 5, "recovery log line")
+        wait_until(lambda: "file descriptors available again" in stderr_path.read_text(), "the recovery log line")
         assert stderr_path.read_text().count("running short of file descriptors") == 1  # once per episode
         assert metrics()["netpolicy_fd_short"] == 0
     finally:

@@ -26,6 +26,7 @@ from tests.support.smtp import (
 )
 from tests.support.next_hop import ScriptedHop, hop_env
 from tests.support.netns import NetPair
+from tests.support.wait import wait_until_async
 
 __all__ = ["smtp_pair"]
 
@@ -53,7 +54,7 @@ async def start_data(e: SmtpEnv, source: str) -> RawClient:
 
 async def held(e: SmtpEnv, capacity: int, n_bytes: int) -> None:
     """Wait until the server holds at least ``n_bytes`` of messages in flight."""
-    await e.settle(lambda: shared_budget(capacity).used >= n_bytes, timeout=10)
+    await wait_until_async(lambda: shared_budget(capacity).used >= n_bytes, f"{n_bytes} bytes held in the budget", timeout=10)
 
 
 async def test_budget_exhausted_refuses_data_before_354(smtp_pair: NetPair, tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ async def test_budget_exhausted_refuses_data_before_354(smtp_pair: NetPair, tmp_
         assert (await a.answer()).code == 250
         assert (await b.message(second)).code == 250  # the same transaction, retried: nothing lost
         assert stored_bodies(e) == sorted([first.replace(b"\r\n", b"\n"), second.replace(b"\r\n", b"\n")])
-        await e.settle(lambda: shared_budget(capacity).used == 0)
+        await wait_until_async(lambda: shared_budget(capacity).used == 0, "the budget to be given back")
 
 
 async def test_budget_overrun_mid_message_answers_452_at_the_end(smtp_pair: NetPair, tmp_path: Path) -> None:
@@ -95,7 +96,7 @@ async def test_budget_overrun_mid_message_answers_452_at_the_end(smtp_pair: NetP
         assert (await b.cmd("RCPT TO:<b@example.test>")).code == 250
         assert (await b.message(second)).code == 250  # the client retried: nothing lost
         assert stored_bodies(e) == sorted([first.replace(b"\r\n", b"\n"), second.replace(b"\r\n", b"\n")])
-        await e.settle(lambda: shared_budget(capacity).used == 0)
+        await wait_until_async(lambda: shared_budget(capacity).used == 0, "the budget to be given back")
 
 
 async def test_nul_in_data_is_refused(smtp_pair: NetPair, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from tests.support.netns import NetPair
 from tests.support.next_hop import ScriptedHop, hop_env
 from tests.support.smtp import HARVESTER, PLAIN, smtp_pair
+from tests.support.wait import wait_until
 
 __all__ = ["smtp_pair"]
 
@@ -39,15 +40,17 @@ def sink_port() -> Iterator[int]:
 def run_sink(port: int, *switches: str) -> subprocess.Popen[bytes]:
     user = ["-u", "postfix"] if os.geteuid() == 0 else []
     proc = subprocess.Popen(["smtp-sink", *user, *switches, f"127.0.0.1:{port}", "64"], start_new_session=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("smtp-sink did not start")
+
+    def accepting() -> bool:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    try:
+        wait_until(accepting, "smtp-sink to accept connections", ignoring=(OSError,))
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def stop_sink(proc: subprocess.Popen[bytes]) -> None:

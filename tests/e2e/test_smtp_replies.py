@@ -29,6 +29,7 @@ from tests.support.smtp import (
     smtp_pair,
 )
 from tests.support.netns import NetPair
+from tests.support.wait import wait_until_async
 
 __all__ = ["smtp_pair"]  # the module-scoped fixture
 
@@ -42,7 +43,7 @@ async def test_accept_banner_expands_variables(smtp_pair: NetPair, tmp_path: Pat
         assert (await client.message()).code == 250
         assert (await client.cmd("QUIT")).code == 221
         assert len(e.stored()) == 1
-        await e.settle(lambda: bool(e.log_lines("close")))
+        await wait_until_async(lambda: e.log_lines("close"), "the close log line")
         assert e.log_lines()[:2] == [
             f"New SMTP ICID 1 interface Inbound ({smtp_pair.server_v4}) address {TRUSTED} reverse dns host unknown verified no",
             f"ICID 1 ACCEPT SG WHITELIST match {TRUSTED}",
@@ -104,7 +105,7 @@ async def test_max_concurrency(smtp_pair: NetPair, tmp_path: Path) -> None:
         assert (await other.cmd("QUIT")).code == 221
         assert (await first.cmd("QUIT")).code == 221
         assert await first.at_eof()
-        await e.settle(lambda: e.counters.connections(THROTTLED) == 1)
+        await wait_until_async(lambda: e.counters.connections(THROTTLED) == 1, "the throttled connection to be counted")
         fourth = await e.client(THROTTLED)
         for c in (second, fourth):
             assert (await c.cmd("QUIT")).code == 221

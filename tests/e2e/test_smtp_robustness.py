@@ -108,7 +108,7 @@ async def test_data_deadline_is_not_reset_by_a_slow_drip(smtp_pair: NetPair, tmp
         with pytest.raises((ConnectionError, OSError)):
             while time.monotonic() - started < 4:
                 await client.send(b"still sending\r\n")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the slow drip under test, not a wait for the server
         assert 0.9 < time.monotonic() - started < 2.5
         assert e.stored() == []
 
@@ -121,7 +121,7 @@ async def test_memory_stays_bounded_for_an_endless_line(smtp_pair: NetPair, tmp_
         largest = 0
         for _ in range(64):  # 4 MiB without a line end
             await client.send(b"z" * 65536)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop: the session reads what was sent, then the buffer is sampled
             largest = max([largest, *(len(s._reader._buffer) for s in e.listener._services.sessions)])  # type: ignore[attr-defined]
         await client.send(b"\r\n")
         assert (await client.answer()).code == 500

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.smtp import PLAIN, PORT, SmtpEnv, env, smtp_pair
 from tests.support.netns import NetPair
+from tests.support.wait import wait_until_async
 
 __all__ = ["smtp_pair"]
 
@@ -105,5 +106,5 @@ async def test_failed_handshake_closes_and_logs(smtp_pair: NetPair, tmp_path: Pa
         assert (await client.cmd("STARTTLS")).code == 220
         await client.send(b"this is not a TLS ClientHello\r\n" * 4)
         assert await client.at_eof()
-        await e.settle(lambda: bool(e.log_lines("ICID 1 close")))
+        await wait_until_async(lambda: e.log_lines("ICID 1 close"), "the close log line")
         assert e.log_lines("^ICID 1 TLS failed: ")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.capture import Capture, Segment
-from tests.support.smtp import BLOCKED, PORT, REJECTED, env, smtp_pair
 from tests.support.netns import NetPair
+from tests.support.smtp import BLOCKED, PORT, REJECTED, env, smtp_pair
+from tests.support.wait import wait_until_async
 
 __all__ = ["smtp_pair"]
 
@@ -27,8 +28,9 @@ async def test_reject_conversation(smtp_pair: NetPair, tmp_path: Path) -> None:
             client = await e.client(REJECTED, banner=554)
             assert await client.at_eof()
             await client.close()
-            await e.settle(lambda: bool(e.log_lines("ICID 1 close")))
-            await asyncio.sleep(0.1)  # let the client's FIN reach the capture
+            await wait_until_async(lambda: e.log_lines("ICID 1 close"), "the listener's close log line")
+            await asyncio.to_thread(cap.until, lambda segments: any(s.src != server and "F" in s.flags for s in segments),
+                                    "the client's FIN")
     segments = cap.segments
     flags = _flags(segments, server)
     assert flags[:3] == [("c", "S"), ("s", "SA"), ("c", "A")]
@@ -51,6 +53,8 @@ async def test_userland_tcprefuse_conversation(smtp_pair: NetPair, tmp_path: Pat
                     raise AssertionError(f"got {data!r} instead of a reset")
             finally:
                 sock.close()
+            await asyncio.to_thread(cap.until, lambda segments: any(s.src == server and "R" in s.flags for s in segments),
+                                    "the server's RST")
         assert e.log_lines(f"^ICID 1 TCPREFUSE SG BLACKLIST match {BLOCKED}$")
     flags = _flags(cap.segments, server)
     assert flags[:3] == [("c", "S"), ("s", "SA"), ("c", "A")]

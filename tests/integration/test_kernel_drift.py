@@ -22,9 +22,9 @@ from tests.support.kernel import (
     listening,
     make_plan,
     outcome,
-    wait_for,
 )
 from tests.support.netns import Netns, NetPair
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.netns
 
@@ -116,12 +116,13 @@ def test_reconciler_loop_repairs_a_flushed_ruleset_and_restores_promotions(netpa
     async def scenario() -> None:
         loop_task = asyncio.create_task(reconciler.run(interval=0.1, executor=executor))
         try:
-            assert await asyncio.to_thread(wait_for, lambda: reconciler.checks > 0)
+            await wait_until_async(lambda: reconciler.checks > 0, "the reconciler's first round", timeout=10)
             await asyncio.get_running_loop().run_in_executor(executor, reconciler.promote, LISTENER, promoted, 300)
             assert outcome(netpair.client, dest, promoted) == "refused"
             DRIFT[backend_name]["table flushed"][0](netpair.server)
-            assert await asyncio.to_thread(wait_for, lambda: reconciler.repairs >= 1)
-            assert await asyncio.to_thread(wait_for, lambda: outcome(netpair.client, dest, promoted, 0.5) == "refused")
+            await wait_until_async(lambda: reconciler.repairs >= 1, "the reconciler's repair", timeout=10)
+            await asyncio.to_thread(wait_until, lambda: outcome(netpair.client, dest, promoted, 0.5) == "refused",
+                                    "the promoted host refused again", timeout=10)
             assert outcome(netpair.client, dest, blocked) == "refused"
             left = {p.address: p.expires_in for p in netpair.server.call(backend.promoted)}
             assert 250 < left[promoted] <= 300

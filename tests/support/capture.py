@@ -10,15 +10,17 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from scapy.error import Scapy_Exception
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
 from tests.support.netns import Netns
+from tests.support.wait import wait_until
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,12 @@ class Segment:
 
 
 class Capture:
-    """``with Capture(ns, iface, "tcp port 25") as cap: ...`` then ``cap.segments``."""
+    """``with Capture(ns, iface, "tcp port 25") as cap: ...`` then ``cap.segments``.
+
+    A segment the peer already received may not be written yet when the test leaves the
+    ``with`` block, and stopping tcpdump does not wait for it: before leaving, wait with
+    ``cap.until`` for the last segment the test looks at.
+    """
 
     def __init__(self, ns: Netns, iface: str, bpf: str) -> None:
         self.ns, self.iface, self.bpf = ns, iface, bpf
@@ -52,19 +59,25 @@ class Capture:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         # tcpdump says "listening on" once the capture is armed.
-        assert self._proc.stderr is not None
-        deadline = time.monotonic() + 5
-        line = b""
-        while b"listening on" not in line and time.monotonic() < deadline:
-            line = self._proc.stderr.readline()
+        stderr = self._proc.stderr
+        assert stderr is not None
+        wait_until(lambda: b"listening on" in stderr.readline(), "tcpdump to arm the capture")
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         assert self._proc is not None
-        time.sleep(0.2)  # let the last segments land
         self._proc.send_signal(signal.SIGINT)
         self._proc.wait(timeout=5)
         self.segments = read_segments(self.path)
+
+    def until(self, predicate: Callable[[list[Segment]], bool], what: str, timeout: float = 5.0) -> list[Segment]:
+        """The segments written so far, once ``predicate`` holds for them (tcpdump -U writes
+        each packet as it comes, so the file can be read while the capture runs)."""
+        def seen() -> list[Segment]:
+            segments = read_segments(self.path)
+            return segments if predicate(segments) else []
+
+        return wait_until(seen, what, timeout=timeout, ignoring=(Scapy_Exception,))
 
     def conversation(self, port: int) -> list[Segment]:
         """Segments of the connection(s) with this client-side port."""

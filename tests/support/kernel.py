@@ -10,8 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -184,12 +183,3 @@ table ip natlike {
                 ["-A", "INPUT", "-j", "FOREIGN"], ["-N", "NETPOLICY2"], ["-A", "INPUT", "-m", "set", "--match-set", "other", "src", "-j", "ACCEPT"]):
         ns.exec(["iptables-legacy", *cmd])
     ns.exec(["ip6tables-legacy", "-A", "INPUT", "-s", "2001:db8::99/128", "-j", "DROP"])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -15,12 +15,13 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from tests.support.wait import wait_until
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -124,6 +125,12 @@ class Netns:
         sock.listen(backlog)
         return sock
 
+    def tcp_connections(self) -> list[str]:
+        """TCP sockets in this namespace other than listeners (ESTAB, CLOSE-WAIT, LAST-ACK ...),
+        as ``ss`` lines: empty once every connection is closed on this side."""
+        lines = self.exec(["ss", "-Htan"]).stdout.splitlines()
+        return [line for line in lines if not line.startswith("LISTEN")]
+
     def delete(self) -> None:
         # Processes left in the namespace would keep it alive; kill them first.
         pids = run(["ip", "netns", "pids", self.name], check=False).stdout.split()
@@ -187,7 +194,7 @@ def net_pair() -> Iterator[NetPair]:
             ns.exec(["ip", "addr", "add", v4 + "/24", "dev", ifname])
             ns.exec(["ip", "addr", "add", v6 + "/64", "dev", ifname, "nodad"])
             ns.exec(["ip", "link", "set", ifname, "up"])
-        _wait_reachable(pair)
+        wait_until(lambda: _link_carries(pair), "the veth link to carry packets", ignoring=(OSError,))
         yield pair
     finally:
         if client is not None:
@@ -195,15 +202,10 @@ def net_pair() -> Iterator[NetPair]:
         server.delete()
 
 
-def _wait_reachable(pair: NetPair, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Nothing listens on the discard port: a refused connect proves the link carries packets.
-        try:
-            pair.client.connect((pair.server_v4, 9), timeout=0.5).close()
-            return
-        except ConnectionRefusedError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("veth link did not come up")
+def _link_carries(pair: NetPair) -> bool:
+    """Nothing listens on the discard port: a refused connect proves the link carries packets."""
+    try:
+        pair.client.connect((pair.server_v4, 9), timeout=0.5).close()
+    except ConnectionRefusedError:
+        pass
+    return True

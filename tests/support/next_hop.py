@@ -59,7 +59,7 @@ class ScriptedHop:
                 while (chunk := await reader.readline()) != b".\r\n":
                     body += chunk
                 if self.mute_after_data:
-                    await asyncio.sleep(30)
+                    await asyncio.sleep(30)  # the mute next hop under test: never answers within the timeout
                     return
                 reply = self.data_reply
                 if reply.startswith("2"):

@@ -8,31 +8,60 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.support.netns import NetPair
+from tests.support.sdnotify import NotifySocket
 from tests.support.serve_policy import ACCEPTED, BLOCKED, LATER, PORT, REJECTED, write_policy
 
 NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
+
+
 @dataclass
 class Served:
+    """One ``netpolicy serve`` in ``pair.server``; its policy, mail log, maildir, stderr and
+    notify socket live in ``tmp``."""
+
     pair: NetPair
-    policy: Path
-    mail_log: Path
-    proc: subprocess.Popen[bytes]
-    stderr: Path
     tmp: Path
+    proc: subprocess.Popen[bytes] = field(init=False)
+    notify: NotifySocket | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.policy, self.mail_log, self.stderr = self.tmp / "policy.yml", self.tmp / "mail.log", self.tmp / "serve.err"
 
     def write_policy(self, blacklist: str = BLOCKED, text: str | None = None) -> None:
         write_policy(self.policy, self.pair.server_v4, self.tmp / "maildir", blacklist, text=text)
 
+    def launch(self, args: Sequence[str], **popen: object) -> None:
+        """Run ``args`` (serve, or a wrapper that execs it) in the server namespace; return once
+        serve said READY=1: its kernel plan applied, its listeners accepting, its signals handled."""
+        if self.notify is not None:  # the one of a serve killed by the test
+            self.notify.close()
+        self.notify = NotifySocket(self.tmp)
+        with open(self.stderr, "ab") as err:
+            self.proc = self.pair.server.popen(args, stdout=subprocess.DEVNULL, stderr=err, env=self.notify.env(), **popen)
+        self.notify.ready(self.proc, stderr=self.stderr)
+
     def start(self) -> None:
-        self.proc = start_serve(self)
+        self.launch([NETPOLICY, "serve", "-p", str(self.policy), "--mail-log", str(self.mail_log), "--interval", "0.2",
+                     "--verbose-connections"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
 
     def outcome(self, source: str, timeout: float = 2.0) -> str:
         """What a client from ``source`` sees: 'refused', or the first reply line's code."""
@@ -61,48 +90,14 @@ class Served:
         return self.stderr.read_text()
 
 
-def start_serve(s: Served) -> subprocess.Popen[bytes]:
-    err = open(s.stderr, "ab")
-    proc = s.pair.server.popen(
-        [NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log), "--interval", "0.2", "--verbose-connections"],
-        stdout=subprocess.DEVNULL, stderr=err,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited {proc.returncode}: {s.stderr.read_text()}")
-        try:
-            s.pair.client.connect((s.pair.server_v4, PORT), source=s.pair.client_v4, timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"serve did not start listening: {s.stderr.read_text()}")
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.02) -> float:  # type: ignore[no-untyped-def]
-    """Seconds until ``predicate()`` held; fail after ``timeout``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 @pytest.fixture
 def served(netpair: NetPair, tmp_path: Path) -> Iterator[Served]:
     for address in (BLOCKED, REJECTED, ACCEPTED, LATER):
         netpair.add_client_address(address)
-    s = Served(netpair, tmp_path / "policy.yml", tmp_path / "mail.log", None, tmp_path / "serve.err", tmp_path)  # type: ignore[arg-type]
+    s = Served(netpair, tmp_path)
     s.write_policy()
-    s.start()
     try:
+        s.start()
         yield s
     finally:
-        if s.proc.poll() is None:
-            s.proc.terminate()
-            try:
-                s.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
+        s.stop()

@@ -14,7 +14,7 @@ import io
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,14 +224,6 @@ class SmtpEnv:
 
     def log_lines(self, pattern: str = "") -> list[str]:
         return [line for line in self.log.getvalue().splitlines() if re.search(pattern, line)]
-
-    async def settle(self, predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-        """Wait until the server side caught up (sessions end after the client saw EOF)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("server state did not settle")
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

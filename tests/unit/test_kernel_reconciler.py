@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 
@@ -21,6 +20,7 @@ from netpolicy.kernel.values import (
     Promotion,
 )
 from netpolicy.model.plan import KernelPlan, ListenerPlan
+from tests.support.wait import wait_until_async
 
 
 class Clock:
@@ -168,20 +168,15 @@ def test_run_logs_errors_once_and_keeps_going(kernel: MemoryKernel, caplog: pyte
     rec = Reconciler(kernel, plan())
     caplog.set_level(logging.ERROR, logger="netpolicy.reconciler")
 
-    async def until(predicate: Callable[[], bool]) -> None:
-        deadline = asyncio.get_running_loop().time() + 10
-        while not predicate():
-            assert asyncio.get_running_loop().time() < deadline, "the loop stopped going round"
-            await asyncio.sleep(0.005)
-
     async def scenario() -> None:
         kernel.fail_with = "netlink went away"
         task = asyncio.create_task(rec.run(interval=0.01))
-        await until(lambda: rec.checks >= 3)  # three failed rounds
+        await wait_until_async(lambda: rec.checks >= 3, "three failed rounds", timeout=10)
         failed_rounds = rec.checks
         kernel.fail_with = None
-        await until(lambda: kernel.installed is not None)
-        await until(lambda: rec.checks >= failed_rounds + 3 and kernel.calls.count("quick_diff") >= 2)
+        await wait_until_async(lambda: kernel.installed is not None, "the plan applied once the kernel answers", timeout=10)
+        await wait_until_async(lambda: rec.checks >= failed_rounds + 3 and kernel.calls.count("quick_diff") >= 2,
+                               "three more rounds, checking the applied plan", timeout=10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

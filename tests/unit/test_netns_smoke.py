@@ -14,6 +14,7 @@ def test_connect_across_pair_from_extra_address(netpair: NetPair) -> None:
             assert peer[0] == src
             conn.close()
             c.close()
+            cap.until(lambda segments: any(s.flags == "S" for s in segments), "the client's SYN")
         assert cap.segments[0].flags == "S" and cap.segments[0].src == src
     finally:
         lsock.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.wait import wait_until
 from tests.vm import vmlib
 from tests.vm.vmlib import (
     ACCEPTED_SENDER,
@@ -150,6 +151,7 @@ def test_tcprefuse_is_refused_at_syn_by_the_vm_kernel(lab: Lab) -> None:
     with Capture(lab.vm.ns, "tap0", f"tcp port {SMTP_PORT} and host {BLOCKED_SENDER}") as cap:
         with pytest.raises(ConnectionRefusedError):
             _connect(lab, BLOCKED_SENDER)
+        cap.until(lambda segments: any(s.flags == "RA" for s in segments), "the VM's RST-ACK")
     flags = [s.flags for s in cap.segments]
     assert flags[:2] == ["S", "RA"], [str(s) for s in cap.segments]
     assert "SA" not in flags
@@ -263,12 +265,13 @@ def test_policy_change_reloads_serve(lab: Lab) -> None:
     assert "RUNNING HANDLER [netpolicy : Reload netpolicy]" in run.output
     assert "RUNNING HANDLER [netpolicy : Restart netpolicy]" not in run.output
     assert lab.vm.ssh("systemctl show -p MainPID --value netpolicy").stdout.strip() == pid_before  # reload, not restart
-    deadline = time.monotonic() + 30
-    while True:
+
+    def refused() -> bool:
         try:
             _connect(lab, ACCEPTED_SENDER).close()
         except ConnectionRefusedError:
-            break
-        assert time.monotonic() < deadline, f"{ACCEPTED_SENDER} still reaches the listener after the reload"
-        time.sleep(1)
+            return True
+        return False
+
+    wait_until(refused, f"{ACCEPTED_SENDER} to be refused after the reload", timeout=30, step=1)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.netns import Netns, unique_name
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "ansible"
@@ -196,9 +197,10 @@ class Vm:
         for choice in tries:
             self.proc = self._qemu(choice)
             if choice == "kvm" and len(tries) > 1:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and self.proc.poll() is None and not self._console_has("Linux version"):
-                    time.sleep(0.5)
+                proc = self.proc
+                with contextlib.suppress(AssertionError):  # judged just below
+                    wait_until(lambda: proc.poll() is not None or self._console_has("Linux version"),
+                               "the guest kernel's first line under KVM", timeout=10, step=0.5)
                 if not self._console_has("Linux version"):
                     log("KVM: the guest kernel did not start within 10 s (a known hang here); falling back to TCG")
                     self._kill()
@@ -213,14 +215,15 @@ class Vm:
         log(f"SSH up after {self.boot_seconds:.0f} s ({self.accel})")
 
     def wait_ssh(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ssh_answers() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"qemu exited ({self.proc.returncode}): {(self.work / 'qemu.err').read_text()[-2000:]}")
-            if self.ssh("true", check=False, timeout=15).returncode == 0:
-                return
-            time.sleep(2)
-        raise RuntimeError(f"no SSH after {timeout:.0f} s; console tail:\n{self.console.read_text(errors='replace')[-3000:]}")
+            return self.ssh("true", check=False, timeout=15).returncode == 0
+
+        try:
+            wait_until(ssh_answers, "SSH in the guest", timeout=timeout, step=2)
+        except AssertionError as exc:
+            raise RuntimeError(f"no SSH after {timeout:.0f} s; console tail:\n{self.console.read_text(errors='replace')[-3000:]}") from exc
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
