@@ -12,12 +12,12 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.support.serve import NETPOLICY, Served
 from tests.support.serve_policy import PORT as SERVE_PORT
 from tests.support.serve_policy import write_policy
 from tests.support.smtp import (
@@ -32,8 +32,6 @@ from tests.support.netns import NetPair
 from tests.support.wait import wait_until, wait_until_async
 
 __all__ = ["smtp_pair"]
-
-NETPOLICY = str(Path(sys.executable).with_name("netpolicy"))
 
 
 def own_fds() -> int:
@@ -138,20 +136,13 @@ def _first_line(pair: NetPair, timeout: float = 3.0) -> tuple[socket.socket, str
 
 
 def test_fd_shortage_is_logged_counted_and_recovers(netpair: NetPair, tmp_path: Path) -> None:
-    policy, stderr_path = tmp_path / "policy.yml", tmp_path / "serve.err"
-    write_policy(policy, netpair.server_v4, tmp_path / "maildir", kernel=False)
-    with open(stderr_path, "wb") as err:
-        proc = netpair.server.popen([NETPOLICY, "serve", "-p", str(policy), "--metrics", "127.0.0.1:9109"],
-                                    stdout=subprocess.DEVNULL, stderr=err)
+    served = Served(netpair, tmp_path)
+    stderr_path = served.stderr
+    write_policy(served.policy, netpair.server_v4, tmp_path / "maildir", kernel=False)
     clients: list[socket.socket] = []
     try:
-        def serving() -> bool:
-            assert proc.poll() is None, stderr_path.read_text()
-            sock, first = _first_line(netpair, timeout=0.5)
-            sock.close()
-            return first == "220"
-
-        wait_until(serving, "serve to answer 220", timeout=20, ignoring=(OSError,))
+        served.launch([NETPOLICY, "serve", "-p", str(served.policy), "--metrics", "127.0.0.1:9109"])
+        proc = served.proc
         fd_dir = f"/proc/{proc.pid}/fd"  # ip netns exec execs serve: same pid
         idle = len(os.listdir(fd_dir))
         subprocess.run(["prlimit", f"--pid={proc.pid}", f"--nofile={idle + 48}:{idle + 48}"], check=True)
@@ -184,8 +175,4 @@ def test_fd_shortage_is_logged_counted_and_recovers(netpair: NetPair, tmp_path: 
     finally:
         for sock in clients:
             sock.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        served.stop()
