@@ -11,29 +11,59 @@ policy, every problem as ``file:line``), ``references`` (names that must exist),
 ``intervals`` (the address arithmetic both flows share), ``hat`` (the Host Access Table
 engine), ``compiler`` and ``plan`` (the kernel's share), ``hat_import`` (appliance exports).
 Nothing here opens a socket or touches the kernel; the one file read is the policy's own.
+
+The names below load their module on first use (PEP 562): importing ``netpolicy.model.plan``
+or reading ``DEFAULT_POLICY_PATH`` must not build the pydantic model, which is most of a
+command's start-up (``netpolicy schema``, ``flush`` and ``import-hat`` need none of it).
 """
 
-from netpolicy.model.effective import EffectivePolicy, effective_policy, expand_text
-from netpolicy.model.loader import (
-    DEFAULT_POLICY_PATH,
-    LocatedProblem,
-    PolicyError,
-    load_policy,
-    parse_policy,
-)
-from netpolicy.model.policy import Listener, MailFlowPolicy, Policy, PolicyParams
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netpolicy.model.effective import EffectivePolicy, effective_policy, expand_text
+    from netpolicy.model.loader import PolicyError, load_policy, parse_policy
+    from netpolicy.model.references import PolicyProblem
+    from netpolicy.model.policy import Listener, MailFlowPolicy, Policy, PolicyParams
+
+DEFAULT_POLICY_PATH = "/etc/netpolicy/policy.yml"
+
+_HOME = {
+    "EffectivePolicy": "effective",
+    "effective_policy": "effective",
+    "expand_text": "effective",
+    "PolicyProblem": "references",
+    "PolicyError": "loader",
+    "load_policy": "loader",
+    "parse_policy": "loader",
+    "Listener": "policy",
+    "MailFlowPolicy": "policy",
+    "Policy": "policy",
+    "PolicyParams": "policy",
+}
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
     "EffectivePolicy",
     "Listener",
-    "LocatedProblem",
     "MailFlowPolicy",
     "Policy",
     "PolicyError",
     "PolicyParams",
+    "PolicyProblem",
     "effective_policy",
     "expand_text",
     "load_policy",
     "parse_policy",
 ]
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value

@@ -7,7 +7,7 @@ DNS-list entries stay symbolic since only userland can decide them.
 Parsing is on the hot path of large groups (a million entries must compile in seconds), so the
 common IPv4 forms use ``socket.inet_pton`` rather than ``ipaddress`` objects, and a dotted quad
 with or without a prefix length (nearly every entry of a real blocklist) is tried first, before
-the forms are told apart: 100k such entries parse in 0.12 s instead of 0.25 s.
+the forms are told apart: 100k such entries parse in 0.15 s against 0.29 s.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ loader can name its line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netpolicy.model.entries import AllEntry
 from netpolicy.model.policy import Policy
@@ -15,61 +15,79 @@ Path = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
-class Problem:
+class PolicyProblem:
+    """One reason a policy file cannot be used: ``path`` names the node in the document, and
+    the loader adds the ``file`` and ``line`` it was read from, which is how it is shown."""
+
     path: Path
     message: str
+    file: str = ""
+    line: int = 0
+
+    @classmethod
+    def at(cls, file: str, line: int, message: str) -> PolicyProblem:
+        """A problem of the text itself, found before there is a document to point into."""
+        return cls((), message, file, line)
+
+    def located(self, file: str, line: int) -> PolicyProblem:
+        return replace(self, file=file, line=line)
+
+    def __str__(self) -> str:
+        # One problem, one line: a CR or LF the file put into a message must not start another.
+        message = self.message if self.message.isprintable() else self.message.encode("unicode_escape").decode()
+        return f"{self.file}:{self.line}: {message}"
 
 
-def reference_problems(policy: Policy) -> list[Problem]:
-    problems: list[Problem] = []
+def reference_problems(policy: Policy) -> list[PolicyProblem]:
+    problems: list[PolicyProblem] = []
     for name, entries in policy.sender_groups.items():
         if name == "ALL":
-            problems.append(Problem(("sender_groups", name), "ALL is built in and cannot be defined"))
+            problems.append(PolicyProblem(("sender_groups", name), "ALL is built in and cannot be defined"))
         for i, entry in enumerate(entries):
             if isinstance(entry, AllEntry):
-                problems.append(Problem(("sender_groups", name, i), "ALL is only valid as the HAT group ALL"))
+                problems.append(PolicyProblem(("sender_groups", name, i), "ALL is only valid as the HAT group ALL"))
     seen_names: set[str] = set()
     seen_binds: set[tuple[str, int]] = set()
     for li, listener in enumerate(policy.listeners):
         base: Path = ("listeners", li)
         if listener.name in seen_names:
-            problems.append(Problem((*base, "name"), f"listener name {listener.name!r} is used twice"))
+            problems.append(PolicyProblem((*base, "name"), f"listener name {listener.name!r} is used twice"))
         seen_names.add(listener.name)
         if (listener.address, listener.port) in seen_binds:
-            problems.append(Problem((*base, "port"), f"{listener.address} port {listener.port} is used by two listeners"))
+            problems.append(PolicyProblem((*base, "port"), f"{listener.address} port {listener.port} is used by two listeners"))
         seen_binds.add((listener.address, listener.port))
         problems += _hat_problems(policy, li)
         if listener.type == "private" and listener.rat is not None:
-            problems.append(Problem((*base, "rat"), "a private listener has no RAT (it is meant for relaying)"))
+            problems.append(PolicyProblem((*base, "rat"), "a private listener has no RAT (it is meant for relaying)"))
         if listener.type == "public" and listener.rat is None:
-            problems.append(Problem(base, "a public listener needs a RAT (end it with {recipient: ALL, action: reject})"))
+            problems.append(PolicyProblem(base, "a public listener needs a RAT (end it with {recipient: ALL, action: reject})"))
         for ri, row in enumerate(listener.rat or []):
             if row.recipient == "ALL" and ri != len(listener.rat or []) - 1:
-                problems.append(Problem((*base, "rat", ri), "RAT entry ALL must be the last one"))
+                problems.append(PolicyProblem((*base, "rat", ri), "RAT entry ALL must be the last one"))
         if (listener.tls_cert is None) != (listener.tls_key is None):
-            problems.append(Problem(base, "tls_cert and tls_key go together"))
+            problems.append(PolicyProblem(base, "tls_cert and tls_key go together"))
         if listener.tls_cert is None and _uses_tls(policy, li):
-            problems.append(Problem(base, "a policy of this listener uses tls but the listener has no tls_cert/tls_key"))
+            problems.append(PolicyProblem(base, "a policy of this listener uses tls but the listener has no tls_cert/tls_key"))
     return problems
 
 
-def _hat_problems(policy: Policy, li: int) -> list[Problem]:
+def _hat_problems(policy: Policy, li: int) -> list[PolicyProblem]:
     listener = policy.listeners[li]
-    problems: list[Problem] = []
+    problems: list[PolicyProblem] = []
     last = len(listener.hat) - 1
     for hi, row in enumerate(listener.hat):
         path: Path = ("listeners", li, "hat", hi)
         if row.group != "ALL" and row.group not in policy.sender_groups:
-            problems.append(Problem((*path, "group"), f"unknown sender group {row.group!r}"))
+            problems.append(PolicyProblem((*path, "group"), f"unknown sender group {row.group!r}"))
         if row.group == "ALL" and hi != last:
-            problems.append(Problem((*path, "group"), "ALL must be the last HAT entry"))
+            problems.append(PolicyProblem((*path, "group"), "ALL must be the last HAT entry"))
         mfp = policy.mail_flow_policies.get(row.policy)
         if mfp is None:
-            problems.append(Problem((*path, "policy"), f"unknown mail flow policy {row.policy!r}"))
+            problems.append(PolicyProblem((*path, "policy"), f"unknown mail flow policy {row.policy!r}"))
         elif row.group == "ALL" and mfp.behavior == "continue":
-            problems.append(Problem((*path, "policy"), "ALL cannot CONTINUE: nothing follows it"))
+            problems.append(PolicyProblem((*path, "policy"), "ALL cannot CONTINUE: nothing follows it"))
     if listener.hat[last].group != "ALL":
-        problems.append(Problem(("listeners", li, "hat", last), "the HAT must end with the group ALL"))
+        problems.append(PolicyProblem(("listeners", li, "hat", last), "the HAT must end with the group ALL"))
     return problems
 
 

@@ -14,10 +14,16 @@ The policy file is untrusted input to a daemon that reloads it, so reading it is
 The libyaml event stream is read by one iterative loop (no recursion, so no depth can overflow a
 stack) rather than composed into nodes: libyaml's composer resolves every scalar's tag in Python,
 and events for 1M entries parse in 1.3 s against 6.3 s to compose.
+
+Sender-group entries are nearly every event of a large policy, so a plain untagged entry takes a
+short path: appended as text, its line kept in a per-group list (``entry_lines``) rather than
+under a path tuple in ``lines``. Reading 100k entries takes 0.11 s against 0.22 s through the
+general path; the events alone take 0.08 s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,17 +56,35 @@ class YamlData:
 
     data: Any = None
     lines: dict[Path, int] = field(default_factory=dict)
+    entry_lines: dict[Any, list[int]] = field(default_factory=dict)
     problems: list[tuple[int, str]] = field(default_factory=list)
     unreadable: set[Path] = field(default_factory=set)
+
+    def line(self, path: Path) -> int:
+        """The line of ``path``, else of its nearest ancestor that has one (1: the whole file)."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            if len(path) == 3 and path[0] == "sender_groups" and isinstance(path[2], int):
+                group = self.entry_lines.get(path[1], ())
+                if 0 <= path[2] < len(group):
+                    return group[path[2]]
+            path = path[:-1]
+        return self.lines.get((), 1)
 
 
 def read_yaml(text: str) -> YamlData:
     """Plain data with the 1-based line of each path (and of each key); raise Refused."""
     builder = _Builder()
+    parser = _Loader(text)
     try:
-        builder.out.data = builder.build(text)
+        # get_event answers None after the stream's end; iterating it spares the generator
+        # frame yaml.parse adds to every event (~5% of reading 100k entries).
+        builder.out.data = builder.build(iter(parser.get_event, None))
     except yaml.YAMLError as exc:
         raise Refused(_yaml_error_line(exc, text), f"YAML: {_yaml_problem(exc)}") from None
+    finally:
+        parser.dispose()
     return builder.out
 
 
@@ -77,6 +101,7 @@ class _Frame:
     path: Path | None
     line: int
     key: Any = _NO_KEY
+    entry_lines: list[int] | None = None  # a sender group's list: the line of each entry
 
 
 class _Builder:
@@ -87,12 +112,22 @@ class _Builder:
         self.lines, self.problems, self.unreadable = self.out.lines, self.out.problems, self.out.unreadable
         self._yaml = yaml.SafeLoader("")  # its resolver and scalar constructors only
 
-    def build(self, text: str) -> Any:
+    def build(self, events: Iterator[yaml.Event]) -> Any:
         stack: list[_Frame] = []
         result: Any = None
         nodes = structure = documents = 0
-        for event in yaml.parse(text, Loader=_Loader):
+        entries: list[Any] | None = None  # the innermost frame's list when it is a sender group
+        entry_lines: list[int] = []
+        for event in events:
             line = event.start_mark.line + 1 if event.start_mark is not None else 0
+            if entries is not None and type(event) is yaml.ScalarEvent and event.tag is None and event.anchor is None:
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise Refused(line, f"more than {MAX_NODES:,} values: too large for one policy")
+                value = event.value  # text, as in _scalar: YAML would read `10.` as the float 10.0
+                entries.append(None if event.implicit[0] and value in _NULLS else value)
+                entry_lines.append(line)
+                continue
             if isinstance(event, yaml.CollectionEndEvent):
                 frame = stack.pop()
                 if stack:
@@ -126,16 +161,26 @@ class _Builder:
                     tag = event.tag
                     if tag is not None and tag != "!" and tag != _CORE + ("map" if is_map else "seq"):
                         raise Refused(line, f"unsupported tag {_short_tag(tag)}: a policy uses plain YAML values")
-                    stack.append(_Frame({} if is_map else [], path, line))
+                    frame = _Frame({} if is_map else [], path, line)
+                    if not is_map and path is not None and len(path) == 2 and path[0] == "sender_groups":
+                        frame.entry_lines = self.out.entry_lines[path[1]] = []
+                    stack.append(frame)
             elif isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
                     raise Refused(line, "a policy file holds one YAML document (a second one starts here)")
+            top = stack[-1] if stack else None
+            if top is not None and top.entry_lines is not None:
+                entries, entry_lines = top.value, top.entry_lines
+            else:
+                entries = None
         return result
 
     def _add(self, parent: _Frame, value: Any, line: int) -> None:
         if isinstance(parent.value, list):
             parent.value.append(value)
+            if parent.entry_lines is not None:
+                parent.entry_lines.append(line)
         elif parent.key is _NO_KEY:
             if value is _SKIP or not isinstance(value, (str, int)):
                 if value is not _SKIP:

@@ -97,3 +97,37 @@ def test_import_hat_error_names_the_line(tmp_path: Path) -> None:
     export.write_text("$ACCEPTED\n    ACCEPT\nnonsense here\n")
     code, _, err = run("import-hat", str(export))
     assert code == 1 and err.startswith(f"{export}:3:")
+
+
+# Run in a child: which modules a command loaded is a fact of the process, not of this test run.
+LOADED_AFTER = """
+import sys
+from netpolicy.cli import cli
+try:
+    cli.main(sys.argv[1:], prog_name="netpolicy")
+except SystemExit:
+    pass
+print("\\n".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def loaded_after(*args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", LOADED_AFTER, *args], capture_output=True, text=True, check=True)
+    return set(proc.stderr.split())
+
+
+def test_commands_import_only_what_they_need() -> None:
+    """Start-up is most of a small command: the pydantic model ~130 ms, rich ~30 ms, kernel ~20 ms."""
+    heavy = {"pydantic", "yaml", "rich", "netpolicy.kernel", "netpolicy.model.policy"}
+    assert not heavy & loaded_after("schema")
+    assert not heavy & loaded_after("--help")
+    loaded = loaded_after("validate", "-p", EXAMPLE)
+    assert {"pydantic", "netpolicy.model.policy"} <= loaded
+    assert not {"rich", "netpolicy.kernel", "netpolicy.model.compiler", "netpolicy.model.hat", "netpolicy.model.hat_import"} & loaded
+
+
+def test_backend_choices_are_the_kernels() -> None:
+    from netpolicy import cli as cli_module
+    from netpolicy.kernel import BACKENDS
+
+    assert cli_module.BACKENDS == BACKENDS
