@@ -373,13 +373,14 @@ class _NextHopTransaction:
             self.client.close()
 
 
-async def _send_data(client: aiosmtplib.SMTP, message: Spool, timeout: float) -> aiosmtplib.SMTPResponse:
+async def _send_data(client: aiosmtplib.SMTP, message: Spool, step_timeout: float) -> aiosmtplib.SMTPResponse:
     """DATA with the message streamed block by block, dot-stuffed on the way.
 
     aiosmtplib (5.1) takes DATA only as one ``bytes``, which it copies twice (line-end
     normalisation, dot-stuffing) and writes to the transport in one piece: three whole copies
     per message. This speaks DATA over its protocol object instead, under its command lock, and
     waits for the socket to drain after each block, so at most about one block is buffered.
+    ``step_timeout`` bounds each reply and each drain, as aiosmtplib's own timeout does.
     Raises what ``SMTP.data`` raises (``SMTPDataError`` for a refusal).
     """
     protocol = client.protocol
@@ -388,7 +389,7 @@ async def _send_data(client: aiosmtplib.SMTP, message: Spool, timeout: float) ->
     async with protocol._command_lock:
         protocol._response_pending = True
         protocol.write(b"DATA\r\n")
-        start = await protocol.read_response(timeout=timeout)
+        start = await protocol.read_response(timeout=step_timeout)
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         at_line_start = True
@@ -398,10 +399,10 @@ async def _send_data(client: aiosmtplib.SMTP, message: Spool, timeout: float) ->
                 stuffed = b"." + stuffed
             at_line_start = block[-1:] == b"\n"
             protocol.write(stuffed)
-            await asyncio.wait_for(protocol._drain_helper(), timeout)
+            await asyncio.wait_for(protocol._drain_helper(), step_timeout)
         protocol._response_pending = True
         protocol.write(b".\r\n" if at_line_start else b"\r\n.\r\n")
-        response = await protocol.read_response(timeout=timeout)
+        response = await protocol.read_response(timeout=step_timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response

@@ -117,7 +117,7 @@ async def read_message(reader: asyncio.StreamReader, spool: Spool, size_limit: i
             piece = await reader.readexactly(exc.consumed)
             terminated = False
         cr_pending = _check_newlines(piece, cr_pending)
-        if terminated and (len(piece) == 3 and at_line_start or piece[-4:-3] == b"\n"):
+        if terminated and ((len(piece) == 3 and at_line_start) or piece[-4:-3] == b"\n"):
             tail = piece[:-3]  # what precedes the lone dot
             end = True
         else:

@@ -22,6 +22,7 @@ What sessions share (limits, stats, the generation) is in ``services``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from netpolicy.model.hat import HatIndex, Resolver
@@ -72,11 +73,11 @@ class SmtpListener:
         *,
         counters: Counters | None = None,
         on_offence: OffenceHook | None = None,
-        limits: SessionLimits = SessionLimits(),
+        limits: SessionLimits | None = None,
         fds: FdWatch | None = None,
     ) -> None:
         self.stats = ListenerStats()
-        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence,
+        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits or SessionLimits(), self.stats, on_offence,
                                   fds=fds or FdWatch())
         self._generation = build_generation(listener, hat)
         self._server: asyncio.Server | None = None
@@ -126,7 +127,9 @@ class SmtpListener:
             await self._server.wait_closed()
             self._server = None
         sessions = self._services.sessions
-        await sessions.drained(self._services.limits.stop_grace if grace is None else grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._services.limits.stop_grace if grace is None else grace):
+                await sessions.drained()
         hostname = self.listener.hostname
         ending = [session.end(f"421 4.3.2 {hostname} Service shutting down") for session in sessions]
         tasks = [task for task in ending if task is not None]

@@ -130,14 +130,9 @@ class OpenSessions:
     def __iter__(self) -> Iterator[OpenSession]:
         return iter(list(self._sessions))
 
-    async def drained(self, timeout: float) -> bool:
-        """Wait until no session is open, at most ``timeout`` seconds; True if none is."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._empty.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def drained(self) -> None:
+        """Wait until no session is open (the caller bounds the wait)."""
+        await self._empty.wait()
 
 
 @dataclass

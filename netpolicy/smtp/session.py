@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import logging
 import socket
@@ -77,16 +78,14 @@ class _KnownName:
         return await self._resolver.dnslisted(address, zone)
 
 
-_date_cache: tuple[int, str] = (0, "")
+@functools.lru_cache(maxsize=1)
+def _date_of(second: int) -> str:
+    return email.utils.formatdate(second, localtime=True)
 
 
 def _date_now() -> str:
     """RFC 5322 date of this second (formatted once per second, not once per message)."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, localtime=True))
-    return _date_cache[1]
+    return _date_of(int(time.time()))
 
 
 def _status(code: int, subject_detail: str) -> str:
