@@ -25,7 +25,7 @@ from netpolicy.model.entries import (
     Entry,
     HostnameEntry,
 )
-from netpolicy.model.intervals import merge, subtract, versioned
+from netpolicy.model.intervals import merge, subtract, union, versioned
 from netpolicy.model.plan import KernelPlan, ListenerPlan, UserlandOnly
 from netpolicy.model.policy import Listener, Policy
 
@@ -57,12 +57,12 @@ def compile_listener(policy: Policy, listener: Listener) -> ListenerPlan:
                 userland += [UserlandOnly(row.group, text, reason) for text in _address_texts(row.group, entries)]
             else:
                 for fam in (4, 6):
-                    refuse[fam] = merge(refuse[fam] + subtract(by_family[fam], decided[fam]))
+                    refuse[fam] = union(refuse[fam], subtract(by_family[fam], decided[fam]))
         elif symbolic and blocker is None:
             first = symbolic[0]
             blocker = f"{_describe(first)} {first.text} of {row.group} ({mfp.behavior})"
         for fam in (4, 6):
-            decided[fam] = merge(decided[fam] + by_family[fam])
+            decided[fam] = union(decided[fam], by_family[fam])
     return ListenerPlan(
         name=listener.name,
         address=listener.address,

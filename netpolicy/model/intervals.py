@@ -19,12 +19,15 @@ import ipaddress
 import socket
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import NamedTuple
+from operator import itemgetter
+from typing import NamedTuple, TypeVar
 
 _Span = tuple[int, int]
+T = TypeVar("T")
+_STEP = 1 << 15  # items one sort call handles: ~40 ms for 32k
 _BITS = {4: 32, 6: 128}
 
 
@@ -103,10 +106,49 @@ def versioned(version: int, spans: Iterable[_Span]) -> tuple[Interval, ...]:
     return tuple([make(Interval, (version, first, last)) for first, last in spans])
 
 
+def sorted_in_steps(items: list[T], key: Callable[[T], int], depth: int = 4) -> list[T]:
+    """``sorted(items, key=key)`` in steps that each hold the interpreter lock briefly.
+
+    One ``sorted`` call is C code from start to end: over a million items it holds the GIL for
+    a second or more, and while serve prepares a reload in a worker thread, the event loop
+    (banners, replies) waits for every such call. So the items are first dealt into buckets
+    of about ``_STEP`` by key range (a Python loop, which lets the lock go), and each bucket is
+    sorted on its own; a bucket the first deal left too big (keys bunched in one range) is
+    dealt again on its own range, ``depth`` times at most. Sorting 1M ranges by their start
+    takes 0.6 s this way against 1.8 s for ``sorted`` on the tuples. The sort is stable.
+    """
+    if len(items) <= _STEP or depth == 0:
+        return sorted(items, key=key)
+    keys = list(map(key, items))
+    low, high = min(keys), max(keys)
+    if low == high:
+        return list(items)
+    count = len(items) // _STEP + 1
+    width = (high - low) // count + 1
+    buckets: list[list[T]] = [[] for _ in range(count)]
+    for k, item in zip(keys, items, strict=True):
+        buckets[(k - low) // width].append(item)
+    out: list[T] = []
+    for bucket in buckets:
+        out += sorted_in_steps(bucket, key, depth - 1)
+    return out
+
+
 def merge(intervals: Iterable[_Span]) -> list[_Span]:
     """Union: sorted, disjoint, with touching intervals joined."""
+    return _joined(sorted_in_steps(list(intervals), itemgetter(0)))  # by start: ends need no order
+
+
+def union(a: list[_Span], b: list[_Span]) -> list[_Span]:
+    """``merge(a + b)`` for two lists ``merge`` returned: ``sorted`` finds the two runs and
+    merges them in linear time (tens of ms for 1M), so no steps are needed."""
+    return _joined(sorted(a + b, key=itemgetter(0)))
+
+
+def _joined(spans: list[_Span]) -> list[_Span]:
+    """Spans sorted by start, with overlapping and touching ones joined."""
     out: list[_Span] = []
-    for start, end in sorted(intervals):
+    for start, end in spans:
         if out and start <= out[-1][1] + 1:
             if end > out[-1][1]:
                 out[-1] = (out[-1][0], end)
@@ -168,7 +210,8 @@ class LabelledIndex:
     @classmethod
     def build(cls, entries: Sequence[tuple[int, int]]) -> "LabelledIndex":
         """``entries[i] = (start, end)``; where entries overlap, the lowest ``i`` wins."""
-        order = sorted(range(len(entries)), key=lambda i: entries[i][0])
+        starts = [start for start, _end in entries]
+        order = sorted_in_steps(list(range(len(entries))), starts.__getitem__)
         index = cls()
         if all(entries[a][1] < entries[b][0] for a, b in pairwise(order)):
             index.starts = [entries[i][0] for i in order]
@@ -188,7 +231,13 @@ class LabelledIndex:
 
     def _sweep(self, entries: Sequence[tuple[int, int]], order: list[int]) -> None:
         """Overlapping entries: walk the boundaries keeping a heap of covering entries by rank."""
-        points = sorted({entries[i][0] for i in order} | {entries[i][1] + 1 for i in order})
+        # starts come sorted with ``order``; merged with the sorted ends in Python, which lets
+        # the interpreter lock go (one sort of the 2M boundaries would hold it for over a second)
+        points: list[int] = []
+        ends = sorted_in_steps([entries[i][1] + 1 for i in order], int)
+        for point in heapq.merge([entries[i][0] for i in order], ends):
+            if not points or point != points[-1]:
+                points.append(point)
         active: list[tuple[int, int]] = []  # (entry index, end)
         k = 0
         for n, point in enumerate(points):

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from operator import itemgetter
+from typing import Any
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netpolicy.model.intervals import intersecting, merge, subtract
+from netpolicy.model import intervals
+from netpolicy.model.intervals import LabelledIndex, intersecting, merge, sorted_in_steps, subtract, union
 
 span = st.tuples(st.integers(0, 63), st.integers(0, 63)).map(lambda t: (min(t), max(t)))
 
@@ -28,3 +36,39 @@ def test_merge_and_subtract_match_brute_force(base: list[tuple[int, int]], holes
     assert addresses(merged) == addresses(base)
     assert all(merged[i][1] + 1 < merged[i + 1][0] for i in range(len(merged) - 1))  # disjoint, not touching
     assert addresses(subtract(merged, merge(holes))) == addresses(base) - addresses(holes)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3)), max_size=60), st.integers(1, 8))
+def test_sorted_in_steps_is_a_stable_sort(items: list[tuple[int, int]], step: int) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(intervals, "_STEP", step)
+        assert sorted_in_steps(items, itemgetter(0)) == sorted(items, key=itemgetter(0))
+
+
+@contextmanager
+def largest_sort(step: int) -> Iterator[list[int]]:
+    """The length of every list ``intervals`` hands to ``sorted``, with ``_STEP`` set to ``step``."""
+    lengths: list[int] = []
+
+    def counting_sorted(items: Any, **kwargs: Any) -> list[Any]:
+        items = list(items)
+        lengths.append(len(items))
+        return sorted(items, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(intervals, "_STEP", step)
+        mp.setattr(intervals, "sorted", counting_sorted, raising=False)
+        yield lengths
+
+
+def test_big_sorts_go_in_steps_that_each_hold_the_interpreter_lock_briefly() -> None:
+    """A reload prepares its policy in a worker thread; one ``sorted`` call over all the
+    entries would hold the GIL, and stall serve's event loop, for its whole length."""
+    rng = random.Random(7)
+    spans = [(a, a + rng.choice((0, 0, 3, 255))) for a in (rng.randrange(1 << 32) for _ in range(20_000))]
+    with largest_sort(500) as lengths:
+        merged = merge(spans)
+        LabelledIndex.build([*spans, (0, 1 << 31)])  # overlapping entries: the boundary sweep sorts too
+    assert max(lengths) <= 500
+    assert merged == merge(sorted(spans)) and union(merged[::2], merged[1::2]) == merged
