@@ -27,7 +27,7 @@ from typing import NamedTuple, TypeVar
 
 _Span = tuple[int, int]
 T = TypeVar("T")
-_STEP = 1 << 15  # items one sort call handles: ~40 ms for 32k
+_STEP = 1 << 15  # items one sort call handles: ~10 ms for 32k ranges by start
 _BITS = {4: 32, 6: 128}
 
 
@@ -115,7 +115,8 @@ def sorted_in_steps(items: list[T], key: Callable[[T], int], depth: int = 4) -> 
     of about ``_STEP`` by key range (a Python loop, which lets the lock go), and each bucket is
     sorted on its own; a bucket the first deal left too big (keys bunched in one range) is
     dealt again on its own range, ``depth`` times at most. Sorting 1M ranges by their start
-    takes 0.6 s this way against 1.8 s for ``sorted`` on the tuples. The sort is stable.
+    took 0.6-0.9 s this way against 1.8-2.3 s for ``sorted`` on the tuples (a loaded 2-core
+    machine). The sort is stable.
     """
     if len(items) <= _STEP or depth == 0:
         return sorted(items, key=key)
