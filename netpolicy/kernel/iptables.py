@@ -226,7 +226,7 @@ class RuleSpec:
 
 
 @dataclass(frozen=True)
-class WantSet(OwnedSet):
+class IptWantSet(OwnedSet):
     refuse: tuple[Interval, ...]  # the plan's refuse list (empty for promoted sets)
 
     @property
@@ -239,19 +239,19 @@ class WantSet(OwnedSet):
 
 
 @dataclass
-class Desired:
-    sets: dict[str, WantSet] = field(default_factory=dict)
+class IptDesired:
+    sets: dict[str, IptWantSet] = field(default_factory=dict)
     rules: dict[int, list[RuleSpec]] = field(default_factory=lambda: {4: [], 6: []})
 
 
-def desired(plan: KernelPlan) -> Desired:
-    want = Desired()
+def desired(plan: KernelPlan) -> IptDesired:
+    want = IptDesired()
     for ll in layout(plan):
         for family in ll.families:
             for kind in ("refuse", "promoted"):
                 name = NAMES.name(kind, ll.lid, family)
                 refuse = ll.refuse(family) if kind == "refuse" else ()
-                want.sets[name] = WantSet(name, ll.lid, ll.name, kind, family, refuse)
+                want.sets[name] = IptWantSet(name, ll.lid, ll.name, kind, family, refuse)
                 key = ll.rule_key(kind, family)
                 want.rules[family].append(RuleSpec(key, family, ll.daddr(family), ll.port, name, rule_comment(key, plan.generation)))
     return want
@@ -322,7 +322,7 @@ def _filter_exists(family: int) -> bool:
         return False
 
 
-def _header_ok(ws: WantSet, header: ipset.SetHeader) -> bool:
+def _header_ok(ws: IptWantSet, header: ipset.SetHeader) -> bool:
     return (header.type, header.family, header.timeout) == (ws.type, ws.ipset_family, ws.kind == "promoted")
 
 
@@ -442,7 +442,7 @@ class IptablesBackend(Backend):
             state.elements[name] = SetRecord(frozenset(Interval.from_cidr(e) for e, _t in ipset.members(name)))
         return state
 
-    def _families(self, want: Desired) -> set[int]:
+    def _families(self, want: IptDesired) -> set[int]:
         """IPv4 always; IPv6 when a listener needs it or our chain is still there."""
         return {4} | ({6} if want.rules[6] or self._ip6_present() else set())
 
@@ -453,7 +453,7 @@ class IptablesBackend(Backend):
 
     # ---- diffing -------------------------------------------------------------------------
 
-    def _reconcile(self, plan: KernelPlan, want: Desired, state: IptState) -> tuple[KernelDiff, dict[str, Any]]:
+    def _reconcile(self, plan: KernelPlan, want: IptDesired, state: IptState) -> tuple[KernelDiff, dict[str, Any]]:
         """The diff, and per set what apply must do: ("create" | "reload" | (add, remove))."""
         problems: list[Problem] = []
         stale: set[str] = set()
@@ -488,7 +488,7 @@ class IptablesBackend(Backend):
         return KernelDiff(self.name, plan.generation, state.generation(), tuple(problems), tuple(deltas)), actions
 
     @staticmethod
-    def _delta(known: SetRecord, ws: WantSet) -> tuple[frozenset[Interval], frozenset[Interval]]:
+    def _delta(known: SetRecord, ws: IptWantSet) -> tuple[frozenset[Interval], frozenset[Interval]]:
         found = element_delta(known, ws.refuse, lambda: ipset_intervals(ws.refuse), _hash_net)
         assert found is not None  # the caller passes a record with its elements
         return found
@@ -496,16 +496,16 @@ class IptablesBackend(Backend):
     # ---- writing -------------------------------------------------------------------------
 
     @staticmethod
-    def _create_lines(ws: WantSet, name: str, count: int) -> list[str]:
+    def _create_lines(ws: IptWantSet, name: str, count: int) -> list[str]:
         maxelem = max(MIN_MAXELEM, 1 << max(1, 2 * count - 1).bit_length())
         extra = " timeout 0" if ws.kind == "promoted" else ""
         return [f"create {name} {ws.type} family {ws.ipset_family} maxelem {maxelem}{extra}"]
 
-    def _fill_lines(self, ws: WantSet, name: str) -> list[str]:
+    def _fill_lines(self, ws: IptWantSet, name: str) -> list[str]:
         entries = [_entry(block) for iv in ws.refuse for block in _blocks(iv)]
         return self._create_lines(ws, name, len(entries)) + [f"add {name} {entry}" for entry in entries]
 
-    def _ipset_before(self, want: Desired, state: IptState, actions: dict[str, Any], strict: bool) -> tuple[list[str], list[str]]:
+    def _ipset_before(self, want: IptDesired, state: IptState, actions: dict[str, Any], strict: bool) -> tuple[list[str], list[str]]:
         """ipset commands to run before the rules change, and after (once unreferenced).
         ``strict``: element changes fail on an element already there or already gone."""
         exist = "" if strict else " -exist"
@@ -603,7 +603,7 @@ class IptablesBackend(Backend):
             self._known_headers = {}
         return result
 
-    def _remember_verified(self, state: IptState, want: Desired, result: KernelDiff) -> None:
+    def _remember_verified(self, state: IptState, want: IptDesired, result: KernelDiff) -> None:
         changed = {(d.listener, d.family) for d in result.sets}
         cache = DataplaneCache(None)
         for name, known in state.elements.items():
@@ -629,7 +629,7 @@ class IptablesBackend(Backend):
         # a strict add or del failed: the set is not what our record says; read it and redo
         return self._apply(plan, want, families, self._read(families, trust_known=False))
 
-    def _apply(self, plan: KernelPlan, want: Desired, families: set[int], state: IptState) -> KernelDiff:
+    def _apply(self, plan: KernelPlan, want: IptDesired, families: set[int], state: IptState) -> KernelDiff:
         result, actions = self._reconcile(plan, want, state)
         if result.in_sync:
             self._remember_verified(state, want, result)

@@ -113,7 +113,7 @@ def _spec(kind: str, family: int) -> m.SetSpec:
 
 
 @dataclass(frozen=True)
-class WantSet(OwnedSet):
+class NftWantSet(OwnedSet):
     @property
     def spec(self) -> m.SetSpec:
         return _spec(self.kind, self.family)
@@ -140,18 +140,18 @@ class WantRule:
 
 
 @dataclass
-class Desired:
+class NftDesired:
     chains: dict[str, int | None] = field(default_factory=dict)  # name -> hook priority (None: regular)
-    sets: dict[str, WantSet] = field(default_factory=dict)
+    sets: dict[str, NftWantSet] = field(default_factory=dict)
     groups: list[WantGroup] = field(default_factory=list)
     rules: list[WantRule] = field(default_factory=list)
     counters: dict[str, str] = field(default_factory=dict)
 
 
-def desired(plan: KernelPlan, log_group: int | None) -> Desired:
+def desired(plan: KernelPlan, log_group: int | None) -> NftDesired:
     """Input rules (in chain order), then each listener's refuse chain: optional rate-limited
     NFLOG for verbose connection logging, then the listener's one ``reject with tcp reset``."""
-    want = Desired()
+    want = NftDesired()
     refuse_rules: list[WantRule] = []
     for ll in layout(plan):
         chain = refuse_chain(ll.lid)
@@ -162,7 +162,7 @@ def desired(plan: KernelPlan, log_group: int | None) -> Desired:
             names = {kind: NAMES.name(kind, ll.lid, family) for kind in KINDS}
             want.groups.append(WantGroup(ll.name, family, ll.refuse(family), names["hosts"], names["networks"], names["transit"]))
             for kind in KINDS:
-                want.sets[names[kind]] = WantSet(names[kind], ll.lid, ll.name, kind, family)
+                want.sets[names[kind]] = NftWantSet(names[kind], ll.lid, ll.name, kind, family)
                 key = ll.rule_key(kind, family)
                 exprs = m.match_exprs(family, ll.daddr(family), ll.port, names[kind]) + [m.goto(chain)]
                 want.rules.append(WantRule(CHAIN, key, exprs, rule_comment(key, plan.generation)))
@@ -263,7 +263,7 @@ def _group_changes(group: WantGroup, state: NftState, fresh: set[str]) -> Change
     return out
 
 
-def _reconcile(plan: KernelPlan, want: Desired, state: NftState) -> _Batch:
+def _reconcile(plan: KernelPlan, want: NftDesired, state: NftState) -> _Batch:
     """The diff between ``state`` and ``want`` and the transaction that removes it (with, at
     times, element changes spread over further ones: see ``_element_phases``)."""
     problems: list[Problem] = []
@@ -381,7 +381,7 @@ class ElementOp:
         return m.element_messages(kind, TABLE, self.set, _encode(self.kind, self.elements))
 
 
-def _element_phases(want: Desired, changes: Changes) -> list[list[ElementOp]]:
+def _element_phases(want: NftDesired, changes: Changes) -> list[list[ElementOp]]:
     """The element changes of every listener's sets as one to three transactions, so that an
     address refused before and after is refused by one same set element across each commit.
 
@@ -441,7 +441,7 @@ def _spans(intervals: Set[Interval]) -> list[tuple[int, int]]:
     return [(iv.first, iv.last) for iv in intervals]
 
 
-def _wanted(want: Desired, name: str) -> frozenset[Interval]:
+def _wanted(want: NftDesired, name: str) -> frozenset[Interval]:
     for group in want.groups:
         if name in (group.hosts, group.networks):
             hosts, nets = split_hosts(group.refuse)
@@ -449,7 +449,7 @@ def _wanted(want: Desired, name: str) -> frozenset[Interval]:
     return frozenset()
 
 
-def _create_sets(want: Desired, names: list[str], state: NftState, batch: _Batch) -> list[nfnl.Message]:
+def _create_sets(want: NftDesired, names: list[str], state: NftState, batch: _Batch) -> list[nfnl.Message]:
     """Messages creating ``names`` (with their elements); fills in element changes and the
     per-listener, per-family lines of ``batch.diff`` for every refuse group."""
     msgs: list[nfnl.Message] = []
@@ -539,7 +539,7 @@ class NftablesBackend(Backend):
         cache = self._cache
         return cache if cache is not None and cache.here() else None
 
-    def _read(self, sock: nfnl.NfnlSocket, want: Desired, trust_known: bool, allow_reload: bool = True) -> NftState:
+    def _read(self, sock: nfnl.NfnlSocket, want: NftDesired, trust_known: bool, allow_reload: bool = True) -> NftState:
         """Our table without elements, then the elements of each hosts and networks set: taken
         from what this process knows while the kernel reports the same ruleset generation (no
         commit since, by anyone); else checked by lookups against what this process knows or,
@@ -623,7 +623,7 @@ class NftablesBackend(Backend):
         self._cache = DataplaneCache(state.genid, counts, sets, plan)
 
     @staticmethod
-    def _verified_sets(state: NftState, want: Desired, batch: _Batch) -> dict[str, SetRecord]:
+    def _verified_sets(state: NftState, want: NftDesired, batch: _Batch) -> dict[str, SetRecord]:
         """Sets found equal to the plan remember the refuse list they hold."""
         sources = {name: g.refuse for g in want.groups for name in (g.hosts, g.networks)}
         out: dict[str, SetRecord] = {}
@@ -685,7 +685,7 @@ class NftablesBackend(Backend):
         raise KernelError("nftables: the ruleset kept changing while applying")
 
     def _after_commit(
-        self, sock: nfnl.NfnlSocket, expected_genid: int, before: NftState, want: Desired, batch: _Batch, plan: KernelPlan
+        self, sock: nfnl.NfnlSocket, expected_genid: int, before: NftState, want: NftDesired, batch: _Batch, plan: KernelPlan
     ) -> None:
         """Remember the sets as written, with the sizes the kernel reports for them now."""
         if sock.genid() != expected_genid:

@@ -29,7 +29,7 @@ def _plan(refuse4: tuple[str, ...]) -> KernelPlan:
     return KernelPlan("g", (ListenerPlan("IncomingMail", "10.1.0.1", 25, True, ivs(refuse4), ()),))
 
 
-def _changes(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, dict[str, tuple[frozenset[Interval], frozenset[Interval]]]]:
+def _changes(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.NftDesired, dict[str, tuple[frozenset[Interval], frozenset[Interval]]]]:
     """The wanted state for ``new``, and per hosts/networks set: (added, removed) from ``old``."""
     want = nft.desired(_plan(new), None)
     group = want.groups[0]
@@ -37,7 +37,7 @@ def _changes(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, d
     return want, {name: (wanted - was, was - wanted) for name, was, wanted in zip(names, split_hosts(ivs(old)), split_hosts(ivs(new)))}
 
 
-def _phases(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, list[list[nft.ElementOp]]]:
+def _phases(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.NftDesired, list[list[nft.ElementOp]]]:
     want, changes = _changes(old, new)
     return want, nft._element_phases(want, dict(changes))
 
@@ -46,7 +46,7 @@ def _covering(sets: dict[str, set[Interval]], address: int) -> set[tuple[str, In
     return {(name, iv) for name, members in sets.items() for iv in members if iv.first <= address <= iv.last}
 
 
-def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.ElementOp]]) -> list[str]:
+def _replay(want: nft.NftDesired, old: tuple[str, ...], phases: list[list[nft.ElementOp]]) -> list[str]:
     """Apply the transactions to a model of the sets; the addresses (and commit numbers) where
     an address refused before and after the change is not kept by one same set, or where one
     refused by neither plan is refused in between."""
@@ -78,7 +78,7 @@ def _replay(want: nft.Desired, old: tuple[str, ...], phases: list[list[nft.Eleme
     return problems
 
 
-def _one_transaction(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.Desired, list[list[nft.ElementOp]]]:
+def _one_transaction(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[nft.NftDesired, list[list[nft.ElementOp]]]:
     """The naive way: each set's removals, then its additions, all in a single commit."""
     want, changes = _changes(old, new)
     ops = []
