@@ -44,10 +44,12 @@ run: doctor venv
 test: doctor venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-# Type hints are checked, and unused or undefined names fail the build.
+# netpolicy/ under mypy --strict and ruff's pyflakes, syntax, bugbear, async, ruff-specific and
+# pylint error/warning rules; tests, benches and tools under pyflakes and syntax.
 lint: venv
-	$(VENV)/bin/ruff check --select F,E9 netpolicy tests bench tools
-	$(VENV)/bin/mypy netpolicy
+	$(VENV)/bin/ruff check --select F,E9,B,ASYNC,RUF,PLE,PLW netpolicy
+	$(VENV)/bin/ruff check --select F,E9 tests bench tools
+	$(VENV)/bin/mypy netpolicy  # strict, from pyproject.toml
 
 # Only the Ansible/Vagrant/VM tests; fails (instead of skipping) when the machine cannot boot the VM.
 vm-test: doctor venv

@@ -30,7 +30,7 @@ def select_backend(name: str = "auto", *, log_group: int | None = None) -> Backe
     ``log_group`` turns on NFLOG logging of refusals (nftables only). Raises MissingCapability
     without CAP_NET_ADMIN, KernelError when the backend cannot work here.
     """
-    from netpolicy.kernel.nftables import NftablesBackend  # noqa: PLC0415 - iptables needs libxtables
+    from netpolicy.kernel.nftables import NftablesBackend
 
     require_net_admin()
     if name == "nftables":
@@ -41,7 +41,7 @@ def select_backend(name: str = "auto", *, log_group: int | None = None) -> Backe
         raise KernelError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if name == "auto" and NftablesBackend.available():
         return NftablesBackend(log_group)
-    from netpolicy.kernel.iptables import IptablesBackend, iptables_is_nft  # noqa: PLC0415
+    from netpolicy.kernel.iptables import IptablesBackend, iptables_is_nft
 
     if name == "auto" and iptables_is_nft():
         raise KernelError("nf_tables does not answer, and iptables here is iptables-nft: no usable backend")

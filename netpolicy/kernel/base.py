@@ -65,7 +65,7 @@ def serialized(fn: Callable[Concatenate[B, P], R]) -> Callable[Concatenate[B, P]
     last wrote must change under one writer at a time."""
 
     @functools.wraps(fn)
-    def wrapper(self: B, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: B, /, *args: P.args, **kwargs: P.kwargs) -> R:
         with self._lock:
             return fn(self, *args, **kwargs)
 

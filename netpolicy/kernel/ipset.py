@@ -30,7 +30,7 @@ class SetHeader:
 
 def run(args: Sequence[str], input: str | None = None) -> str:
     try:
-        proc = subprocess.run(["ipset", *args], capture_output=True, text=True, input=input)
+        proc = subprocess.run(["ipset", *args], capture_output=True, text=True, input=input, check=False)
     except FileNotFoundError as exc:
         raise KernelError("the ipset tool is not installed") from exc
     if proc.returncode != 0:

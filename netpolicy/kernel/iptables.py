@@ -94,7 +94,7 @@ def temp_name(name: str) -> str:
 def iptables_is_nft() -> bool:
     """Whether ``iptables`` on this system is the nf_tables variant (``iptables -V``)."""
     try:
-        out = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout
+        out = subprocess.run(["iptables", "-V"], capture_output=True, text=True, check=False).stdout
     except FileNotFoundError:
         return False
     return "nf_tables" in out
@@ -139,7 +139,7 @@ def _iptc() -> Any:
     if "iptc" not in sys.modules:
         _point_at_libraries()
     try:
-        import iptc  # noqa: PLC0415 - loads libxtables; only this backend needs it
+        import iptc
     except Exception as exc:  # the library raises assorted errors when libiptc is missing
         raise KernelError(f"python-iptables is unusable here: {exc}") from exc
     # Building or reading any non-standard target (REJECT, a jump) makes python-iptables open
@@ -307,7 +307,7 @@ def _or(count: int | None, default: int) -> int:
 def _comment_of(form: Norm) -> str:
     for name, params in form[5]:
         if name == "comment":
-            return dict(params).get("comment", ("",))[0]
+            return str(dict(params).get("comment", ("",))[0])
     return ""
 
 
@@ -526,7 +526,7 @@ class IptablesBackend(Backend):
                 tmp = temp_name(name)
                 if tmp in state.headers:
                     before.append(f"destroy {tmp}")
-                before += self._fill_lines(ws, tmp) + [f"swap {tmp} {name}", f"destroy {tmp}"]
+                before += [*self._fill_lines(ws, tmp), f"swap {tmp} {name}", f"destroy {tmp}"]
             else:
                 add, remove = action
                 # additions first: a narrower entry is only dropped once its replacement is in
@@ -560,7 +560,7 @@ class IptablesBackend(Backend):
                 current = list(chain.rules)
                 forms = [normalize(r) for r in current]
                 if forms != [s.normalized() for s in specs]:
-                    counters = {split_comment(_comment_of(f))[0]: r.get_counters() for f, r in zip(forms, current)}
+                    counters = {split_comment(_comment_of(f))[0]: r.get_counters() for f, r in zip(forms, current, strict=True)}
                     table.flush_entries(CHAIN)
                     for spec in specs:
                         rule = spec.build()

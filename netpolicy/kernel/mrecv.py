@@ -65,7 +65,7 @@ class Receiver:
         """How many datagrams arrived (at least one); waits up to ``timeout`` seconds."""
         fd = self.sock.fileno()
         while True:
-            count = _recvmmsg(fd, ctypes.addressof(self._msgs), self.slots, MSG_WAITFORONE, None)
+            count: int = _recvmmsg(fd, ctypes.addressof(self._msgs), self.slots, MSG_WAITFORONE, None)
             if count > 0:
                 return count
             err = ctypes.get_errno()

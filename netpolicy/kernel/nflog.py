@@ -108,7 +108,7 @@ class NflogReader:
         """Send one config message and raise if the kernel refuses it (e.g. group taken)."""
         self.sock.send(_config_message(self.group, attrs, seq))
         reply = self.sock.recv(4096)
-        length, kind = struct.unpack_from("=IH", reply, 0)
+        _length, kind = struct.unpack_from("=IH", reply, 0)
         if kind == NLMSG_ERROR:
             (error,) = struct.unpack_from("=i", reply, 16)
             if error != 0:

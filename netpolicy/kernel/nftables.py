@@ -164,7 +164,7 @@ def desired(plan: KernelPlan, log_group: int | None) -> NftDesired:
             for kind in KINDS:
                 want.sets[names[kind]] = NftWantSet(names[kind], ll.lid, ll.name, kind, family)
                 key = ll.rule_key(kind, family)
-                exprs = m.match_exprs(family, ll.daddr(family), ll.port, names[kind]) + [m.goto(chain)]
+                exprs = [*m.match_exprs(family, ll.daddr(family), ll.port, names[kind]), m.goto(chain)]
                 want.rules.append(WantRule(CHAIN, key, exprs, rule_comment(key, plan.generation)))
         if log_group is not None:
             key = f"{COMMENT_PREFIX} {ll.lid} log"
@@ -256,10 +256,10 @@ def _group_changes(group: WantGroup, state: NftState, fresh: set[str]) -> Change
                 group.networks: (added - {i for i in added if is_host(i)}, removed - {i for i in removed if is_host(i)}),
             }
     out: Changes = {}
-    for name, want in zip((group.hosts, group.networks), split_hosts(group.refuse)):
+    for name, want in zip((group.hosts, group.networks), split_hosts(group.refuse), strict=True):
         record = state.elements.get(name)
         # each set holds only part of its source list: compared by elements, not by list
-        out[name] = None if name in fresh or record is None else element_delta(SetRecord(record.intervals), group.refuse, lambda: want)
+        out[name] = None if name in fresh or record is None else element_delta(SetRecord(record.intervals), group.refuse, functools.partial(frozenset, want))
     return out
 
 

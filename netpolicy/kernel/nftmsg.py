@@ -145,7 +145,8 @@ def match_exprs(family: int, daddr: str | None, port: int, set_name: str) -> lis
     exprs = [meta(META_L4PROTO), cmp_eq(b"\x06"), meta(META_NFPROTO), cmp_eq(bytes([nfproto]))]
     if daddr is not None:
         exprs += [payload(PAYLOAD_NETWORK, daddr_off, alen), cmp_eq(ipaddress.ip_address(daddr).packed)]
-    return exprs + [
+    return [
+        *exprs,
         payload(PAYLOAD_TRANSPORT, 2, 2), cmp_eq(struct.pack(">H", port)),
         payload(PAYLOAD_TRANSPORT, 13, 1), bitwise(bytes([TCP_FLAGS_MASK]), b"\x00"), cmp_eq(bytes([TCP_SYN])),
         payload(PAYLOAD_NETWORK, saddr_off, alen), lookup(set_name),
@@ -186,7 +187,7 @@ def same_exprs(kernel: list[Expr], wanted: list[Expr]) -> bool:
     """
     if len(kernel) != len(wanted):
         return False
-    for (kname, kdata), (wname, wdata) in zip(kernel, wanted):
+    for (kname, kdata), (wname, wdata) in zip(kernel, wanted, strict=True):
         if kname != wname:
             return False
         for key in kdata.keys() | wdata.keys():

@@ -139,7 +139,8 @@ class HatIndex:
                 answer: Answer = hostname if isinstance(question, NeedHostname) else dnslisted(question.zone)
                 question = walk.send(answer)
         except StopIteration as stop:
-            return stop.value
+            decision: Decision = stop.value
+            return decision
 
     async def decide_async(self, address: str, resolver: Resolver) -> Decision:
         """Decision for a live connection: DNS is asked only when a row needs it."""
@@ -153,7 +154,8 @@ class HatIndex:
                     answer = await resolver.dnslisted(address, question.zone)
                 question = walk.send(answer)
         except StopIteration as stop:
-            return stop.value
+            final: Decision = stop.value
+            return final
 
 
 def build_groups(policy: Policy) -> dict[str, GroupIndex]:

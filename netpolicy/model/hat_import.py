@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from netpolicy.model.entries import AllEntry, EntryError, parse_entry
 from netpolicy.model.loader import PolicyError, parse_policy
 from netpolicy.model.policy import MailFlowPolicy, PolicyParams
+from netpolicy.model.yamltree import tag_resolver
 
 __all__ = ["DEFAULT_LISTENER_DEFAULTS", "HatImportError", "import_hat"]
 
@@ -93,7 +94,7 @@ _TOKEN_RE = re.compile(r'\s*(?:(?P<punct>[{}=])|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?
 # scalar in block context; whether YAML would read it as a number, bool or null is asked of
 # YAML's own resolver (a fraction of yaml.safe_load's cost, which matters for 1M-entry groups).
 _PLAIN_SAFE_RE = re.compile(r"^[A-Za-z0-9_./](?:[A-Za-z0-9_./:\[\]-]*[A-Za-z0-9_./\]-])?$")
-_RESOLVER = yaml.resolver.Resolver()
+_RESOLVE = tag_resolver()
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
@@ -422,7 +423,7 @@ def _size(text: str) -> int | None:
 
 def _scalar(text: str) -> str:
     """``text`` as a YAML scalar that reads back as exactly this string."""
-    if _PLAIN_SAFE_RE.match(text) and _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG:
+    if _PLAIN_SAFE_RE.match(text) and _RESOLVE(yaml.ScalarNode, text, (True, False)) == _STR_TAG:
         return text
     return json.dumps(text)
 

@@ -21,7 +21,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -62,9 +62,12 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Z
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>[0-9]{1,5})$")
 
 
+_ENTRY_TYPES: tuple[type, ...] = get_args(Entry)
+
+
 def _parse_entry(value: object) -> Entry:
-    if isinstance(value, (Entry.__args__)):  # type: ignore[attr-defined]  # already parsed
-        return value  # type: ignore[return-value]
+    if isinstance(value, _ENTRY_TYPES):  # already parsed
+        return cast(Entry, value)
     try:
         return parse_entry(value)
     except EntryError as exc:
