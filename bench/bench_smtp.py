@@ -73,7 +73,7 @@ class _NoDns:
     async def verified_hostname(self, address: str) -> str | None:
         return None
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
         return False
 
 

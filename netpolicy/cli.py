@@ -79,7 +79,8 @@ def validate(policy_path: str) -> None:
 @click.argument("address")
 @click.option("--hostname", help="Verified reverse-DNS name of the host (as if FCrDNS succeeded).")
 @click.option("--listener", "listener_name", help="Listener to trace on (default: the first).")
-@click.option("--dnslisted", "zones", multiple=True, metavar="ZONE", help="Treat the host as listed in ZONE (repeatable).")
+@click.option("--listed", "--dnslisted", "zones", multiple=True, metavar="ZONE[=ANSWER]",
+              help="Treat DNS list ZONE as answering ANSWER for the host (default 127.0.0.2; repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (SPEC.md section 4).")
 def trace(policy_path: str, address: str, hostname: str | None, listener_name: str | None, zones: tuple[str, ...], as_json: bool) -> None:
     """Which sender group, entry, policy and behaviour ADDRESS gets, and where it is enforced."""
@@ -97,8 +98,13 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
     except KeyError:
         names = ", ".join(lst.name for lst in policy.listeners)
         raise click.BadParameter(f"no listener {listener_name!r} (listeners: {names})", param_hint="--listener") from None
+    answers: dict[str, list[str]] = {}
+    for item in zones:
+        zone, _, answer = item.partition("=")
+        answers.setdefault(zone.strip().lower().rstrip("."), []).append(answer.strip() or "127.0.0.2")
     decision = HatIndex(policy, listener, build_groups(policy)).decide(
-        address.strip(), hostname=hostname, dnslisted=lambda zone: zone in zones
+        address.strip(), hostname=hostname,
+        dnslisted=lambda zone, pattern: any(pattern.matches(a) for a in answers.get(zone, ())),
     )
     in_kernel = decision.behavior == "tcprefuse" and compile_listener(policy, listener).refuses(family, value)
     result = {

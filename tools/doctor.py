@@ -67,6 +67,8 @@ NEEDS: tuple[Need, ...] = (
     Need("postfix, postconf, smtp-sink, smtp-source (next hop, benches)", "postfix", "test",
          _has("/usr/sbin/postfix", "postconf", "smtp-sink", "smtp-source")),
     Need("openssl (test certificates)", "openssl", "test", _has("openssl")),
+    Need("dnsmasq (a real DNS server for the DNS-list tests; -base: no system service)", "dnsmasq-base", "test",
+         _has("/usr/sbin/dnsmasq")),
     Need("logrotate (rotates serve's mail log with packaging/netpolicy.logrotate)", "logrotate", "test", _has("logrotate")),
     Need("qemu-system-x86_64 (the real-VM test)", "qemu-system-x86", "test", _has("qemu-system-x86_64")),
     Need("qemu-img (VM disk images)", "qemu-utils", "test", _has("qemu-img")),

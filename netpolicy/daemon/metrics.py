@@ -36,6 +36,7 @@ class DaemonView:
     task_failures: dict[str, int] = field(default_factory=dict)  # background loop -> restarts
     promotions: dict[str, int] = field(default_factory=dict)
     fds: FdWatch = field(default_factory=FdWatch)  # shared by every listener of the process
+    dnslist_unexpected: dict[tuple[str, str], int] = field(default_factory=dict)  # (zone, answer) -> lookups
 
 
 class DaemonCollector(Collector):
@@ -82,6 +83,11 @@ class DaemonCollector(Collector):
         for task, n in sorted(v.task_failures.items()):
             failures.add_metric([task], n)
         yield failures
+        unexpected = CounterMetricFamily("netpolicy_dnslist_unexpected_answers",
+                                         "DNS-list answers no pattern of the entry matched (not listings)", labels=["zone", "answer"])
+        for (zone, answer), n in sorted(v.dnslist_unexpected.items()):
+            unexpected.add_metric([zone, answer], n)
+        yield unexpected
 
 
 class Metrics:

@@ -103,7 +103,7 @@ class Daemon:
         self.maillog = MailLog(options.mail_log)
         self.resolver = DnsResolver()
         self.offences = OffenceTracker()
-        self.view = DaemonView()
+        self.view = DaemonView(dnslist_unexpected=self.resolver.unexpected_answers)
         self.metrics = Metrics(self.view)
         self.listeners: dict[str, SmtpListener] = {}
         self.policy: Policy | None = None

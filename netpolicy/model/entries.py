@@ -27,7 +27,8 @@ V6_MAX = (1 << 128) - 1
 _HOST_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"^{_HOST_LABEL}(\.{_HOST_LABEL})*\.?$", re.IGNORECASE)
 _PARTIAL_V4_RE = re.compile(r"^(\d{1,3})(\.\d{1,3}){0,2}\.?$")
-_DNSLIST_RE = re.compile(r"^dnslist\[(?P<zone>[^\]]+)\]$", re.IGNORECASE)
+_DNSLIST_RE = re.compile(r"^dnslist\[(?P<zone>[^\]=]+)(=(?P<pattern>.*))?\]$", re.IGNORECASE)
+_OCTET_RE = re.compile(r"^(?:(?P<num>\d{1,3})|\[(?P<range>\d{1,3}\.\.\d{1,3})\]|\[(?P<list>\d{1,3}(?:;\d{1,3})*)\])$")
 
 
 class EntryError(ValueError):
@@ -59,12 +60,81 @@ class HostnameEntry:
         return host == self.name
 
 
+Octet = tuple[tuple[int, int], ...]  # inclusive ranges one octet may take
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerPattern:
+    """Which A answers of a DNS list are listings: a union of four-octet patterns.
+
+    Spamhaus-style lists answer 127.255.255.252/254/255 for errors (query through a public
+    resolver, typo, excessive queries); counting those as listings would refuse every sender.
+    """
+
+    text: str
+    parts: tuple[tuple[Octet, Octet, Octet, Octet], ...]
+
+    def matches(self, answer: str) -> bool:
+        """True when the dotted-quad ``answer`` is a listing under this pattern."""
+        octets = answer.split(".")
+        if len(octets) != 4 or not all(o.isdigit() and int(o) <= 255 for o in octets):
+            return False
+        values = [int(o) for o in octets]
+        return any(
+            all(any(lo <= v <= hi for lo, hi in allowed) for v, allowed in zip(values, part, strict=True))
+            for part in self.parts
+        )
+
+
+_ANY: Octet = ((0, 255),)
+# 127.0.0.0/8 outside 127.255.255.0/24, as two patterns: 127.[0..254].*.* and 127.255.[0..254].*
+LISTING = AnswerPattern(
+    "127.0.0.0/8 outside 127.255.255.0/24",
+    ((((127, 127),), ((0, 254),), _ANY, _ANY), (((127, 127),), ((255, 255),), ((0, 254),), _ANY)),
+)
+
+
+def _octet(text: str) -> Octet:
+    m = _OCTET_RE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a number, [a..b] range or [a;b] list")
+    if m["num"] is not None:
+        values = [(int(m["num"]), int(m["num"]))]
+    elif m["range"] is not None:
+        lo, hi = (int(v) for v in m["range"].split(".."))
+        if lo > hi:
+            raise ValueError(f"[{m['range']}] runs backwards")
+        values = [(lo, hi)]
+    else:
+        values = [(int(v), int(v)) for v in m["list"].split(";")]
+    if any(hi > 255 for _, hi in values):
+        raise ValueError(f"{text!r} is above 255")
+    return tuple(values)
+
+
+def parse_answer_pattern(text: str) -> AnswerPattern:
+    """Postfix ``postscreen_dnsbl_sites`` answer syntax: four octets, each a number, ``[a..b]`` or ``[a;b;c]``."""
+    fields = text.split(".")
+    # "[2..11]" splits into "[2", "", "11]": join the pieces of each bracket back together
+    octets: list[str] = []
+    for piece in fields:
+        if octets and octets[-1].startswith("[") and not octets[-1].endswith("]"):
+            octets[-1] += "." + piece
+        else:
+            octets.append(piece)
+    if len(octets) != 4:
+        raise ValueError(f"{text!r} does not have four octets")
+    a, b, c, d = (_octet(o) for o in octets)
+    return AnswerPattern(text, ((a, b, c, d),))
+
+
 @dataclass(frozen=True, slots=True)
 class DnsListEntry:
-    """``dnslist[zone]``: the address is listed in that DNS list."""
+    """``dnslist[zone]`` or ``dnslist[zone=PATTERN]``: the list answers a listing for the address."""
 
     text: str
     zone: str
+    pattern: AnswerPattern = LISTING
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +247,12 @@ def parse_entry(raw: object) -> Entry:
         zone = m.group("zone").strip().lower().rstrip(".")
         if not _HOSTNAME_RE.match(zone):
             raise EntryError(f"{text!r}: {zone!r} is not a DNS zone")
-        return DnsListEntry(text, zone)
+        if m.group("pattern") is None:
+            return DnsListEntry(text, zone)
+        try:
+            return DnsListEntry(text, zone, parse_answer_pattern(m.group("pattern").strip()))
+        except ValueError as exc:
+            raise EntryError(f"{text!r}: answer pattern {exc}") from None
     if "/" in text:
         return _cidr(text)
     if "-" in text and (text[0].isdigit() or ":" in text):

@@ -20,6 +20,7 @@ from netpolicy.model.effective import EffectivePolicy, effective_policy
 from netpolicy.model.entries import (
     AddressEntry,
     AllEntry,
+    AnswerPattern,
     DnsListEntry,
     Entry,
     HostnameEntry,
@@ -36,9 +37,10 @@ class NeedHostname:
 
 @dataclass(frozen=True)
 class NeedDnsList:
-    """The walk needs to know whether the address is listed in ``zone``."""
+    """The walk needs to know whether ``zone`` answers for the address something ``pattern`` matches."""
 
     zone: str
+    pattern: AnswerPattern
 
 
 Question = NeedHostname | NeedDnsList
@@ -50,7 +52,7 @@ class Resolver(Protocol):
 
     async def verified_hostname(self, address: str) -> str | None: ...
 
-    async def dnslisted(self, address: str, zone: str) -> bool: ...
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -123,20 +125,24 @@ class HatIndex:
                 if hostname is not None:
                     match = next((h.text for h in group.hostnames if h.matches(hostname)), None)
             for dnslist in group.dnslists if match is None else ():
-                if (yield NeedDnsList(dnslist.zone)) is True:
+                if (yield NeedDnsList(dnslist.zone, dnslist.pattern)) is True:
                     match = dnslist.text
                     break
             if match is not None:
                 return Decision(self.listener.name, address, group.name, match, policy, hostname)
         raise AssertionError("a validated HAT ends with ALL")  # references.py guarantees it
 
-    def decide(self, address: str, hostname: str | None = None, dnslisted: Callable[[str], bool] = lambda zone: False) -> Decision:
+    def decide(self, address: str, hostname: str | None = None,
+               dnslisted: Callable[[str, AnswerPattern], bool] = lambda zone, pattern: False) -> Decision:
         """Synchronous decision with the DNS facts given up front (trace, tests, compiler checks)."""
         walk = self.walk(address)
         try:
             question = next(walk)
             while True:
-                answer: Answer = hostname if isinstance(question, NeedHostname) else dnslisted(question.zone)
+                if isinstance(question, NeedHostname):
+                    answer: Answer = hostname
+                else:
+                    answer = dnslisted(question.zone, question.pattern)
                 question = walk.send(answer)
         except StopIteration as stop:
             decision: Decision = stop.value
@@ -151,7 +157,7 @@ class HatIndex:
                 if isinstance(question, NeedHostname):
                     answer: Answer = await resolver.verified_hostname(address)
                 else:
-                    answer = await resolver.dnslisted(address, question.zone)
+                    answer = await resolver.dnslisted(address, question.zone, question.pattern)
                 question = walk.send(answer)
         except StopIteration as stop:
             final: Decision = stop.value

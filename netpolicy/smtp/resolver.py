@@ -3,12 +3,19 @@
 Every lookup is bounded by a timeout (a slow resolver must not hold a connection before its
 banner) and cached (a busy sender connects many times a minute). A failed or timed-out lookup
 is "no name" / "not listed": SPEC.md says the host is then matched by address alone.
+
+A DNS list's answers are fetched once per (address, zone) and judged by each entry's pattern.
+An answer the pattern does not match is not a listing: Spamhaus answers 127.255.255.254 to a
+query through a public resolver, and taking that for a listing would refuse every sender. Such an
+answer is logged once per (zone, answer), so a misconfigured resolver shows in the log without
+flooding it, and counted per lookup for the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections import OrderedDict
 
@@ -17,6 +24,9 @@ import dns.exception
 import dns.resolver
 import dns.reversename
 
+from netpolicy.model.entries import AnswerPattern
+
+log = logging.getLogger(__name__)
 _NEGATIVE_TTL = 60.0
 
 
@@ -49,6 +59,7 @@ class DnsResolver:
         self._resolver = resolver or dns.asyncresolver.Resolver()
         self._resolver.lifetime = timeout
         self._cache = TtlCache()
+        self.unexpected_answers: dict[tuple[str, str], int] = {}  # (zone, answer) -> lookups that met it
 
     async def _query(self, name: str, rdtype: str) -> tuple[list[str], float]:
         """Answer texts and TTL; an empty list for NXDOMAIN, no answer, timeout or failure."""
@@ -74,13 +85,24 @@ class DnsResolver:
         self._cache.put(("ptr", address), verified, ttl)
         return verified
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
+    async def _dnslist_answers(self, address: str, zone: str) -> list[str]:
+        """The A answers of ``zone`` for ``address``, fetched once per TTL whatever the patterns."""
         hit, cached = self._cache.get(("dnsl", address, zone))
         if hit:
-            return bool(cached)
+            return cached  # type: ignore[return-value]
         reverse = dns.reversename.from_address(address).to_text(omit_final_dot=True)
         owner = reverse.removesuffix(".in-addr.arpa").removesuffix(".ip6.arpa")
         records, ttl = await self._query(f"{owner}.{zone}.", "A")
-        listed = bool(records)
-        self._cache.put(("dnsl", address, zone), listed, ttl)
-        return listed
+        self._cache.put(("dnsl", address, zone), records, ttl)
+        return records
+
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool:
+        answers = await self._dnslist_answers(address, zone)
+        if any(pattern.matches(answer) for answer in answers):
+            return True
+        for answer in answers:
+            key = (zone, answer)
+            if key not in self.unexpected_answers:
+                log.warning("DNS list %s answered %s: not a listing", zone, answer)
+            self.unexpected_answers[key] = self.unexpected_answers.get(key, 0) + 1
+        return False

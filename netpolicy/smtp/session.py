@@ -33,6 +33,7 @@ from typing import Any, cast
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from netpolicy.model.effective import expand_text
+from netpolicy.model.entries import AnswerPattern
 from netpolicy.model.hat import Decision, Resolver
 from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
 from netpolicy.smtp.lines import (
@@ -74,8 +75,8 @@ class _KnownName:
     async def verified_hostname(self, address: str) -> str | None:
         return self._hostname
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
-        return await self._resolver.dnslisted(address, zone)
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool:
+        return await self._resolver.dnslisted(address, zone, pattern)
 
 
 @functools.lru_cache(maxsize=1)

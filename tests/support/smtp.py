@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from netpolicy.model import Policy, parse_policy
+from netpolicy.model.entries import AnswerPattern
 from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.smtp import InMemoryCounters, SessionLimits, SmtpListener
 from netpolicy.smtp.maillog import MailLog
@@ -110,7 +111,7 @@ class FakeResolver:
     async def verified_hostname(self, address: str) -> str | None:
         return self.names.get(address)
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool:
         return (address, zone) in self.listed
 
 

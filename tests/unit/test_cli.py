@@ -50,6 +50,13 @@ def test_trace_hostname_and_dnslist_are_userland() -> None:
     assert json.loads(out)["policy"] == "THROTTLED"
 
 
+def test_trace_listed_reads_the_answer_given() -> None:
+    for option, answer, group in (("--listed", "127.0.0.10", "SUSPECTLIST"), ("--dnslisted", "127.255.255.254", "ALL"),
+                                  ("--listed", "10.0.0.1", "ALL")):
+        code, out, _ = run("trace", "-p", EXAMPLE, "127.0.0.5", option, f"BL.example.test={answer}", "--json")
+        assert code == 0 and json.loads(out)["sender_group"] == group, (option, answer)
+
+
 def test_trace_human_output_and_bad_input() -> None:
     code, out, _ = run("trace", "-p", EXAMPLE, "127.0.0.77")
     assert code == 0 and "REJECTLIST" in out and "reject" in out

@@ -79,7 +79,7 @@ def _probe(policy: Policy, addresses: list[str]) -> list[tuple[str, bool, set[st
     for address in addresses:
         refused = compiled.refuses(*address_to_int(address))
         behaviours = {
-            hat.decide(address, hostname=name, dnslisted=lambda z, listed=listed: z in listed).behavior
+            hat.decide(address, hostname=name, dnslisted=lambda z, pattern, listed=listed: z in listed).behavior
             for name in CANDIDATE_NAMES
             for listed in ZONE_OUTCOMES
         }

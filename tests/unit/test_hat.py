@@ -62,7 +62,7 @@ def test_every_entry_form() -> None:
     }
     for (address, hostname), group in cases.items():
         assert h.decide(address, hostname=hostname).sender_group == group, (address, hostname)
-    assert h.decide("10.9.9.9", dnslisted=lambda zone: zone == "bl.example.test").sender_group == "G9"
+    assert h.decide("10.9.9.9", dnslisted=lambda zone, pattern: zone == "bl.example.test").sender_group == "G9"
 
 
 class CountingResolver:
@@ -74,7 +74,7 @@ class CountingResolver:
         self.calls.append("ptr")
         return self.hostname
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
         self.calls.append(zone)
         return zone in self.listed
 

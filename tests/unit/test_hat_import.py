@@ -91,7 +91,7 @@ def test_sample_keeps_the_hat_order_of_the_export() -> None:
 def test_sample_decides_like_the_export(
     address: str, hostname: str | None, listed: bool, group: str, match: str, behavior: str
 ) -> None:
-    decision = hat_of(imported(sample_text())).decide(address, hostname=hostname, dnslisted=lambda zone: listed and zone == "bl.example.net")
+    decision = hat_of(imported(sample_text())).decide(address, hostname=hostname, dnslisted=lambda zone, pattern: listed and zone == "bl.example.net")
     assert (decision.sender_group, decision.match, decision.behavior) == (group, match, behavior)
 
 

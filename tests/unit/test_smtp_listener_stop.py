@@ -24,7 +24,7 @@ class Unlisted:
     async def verified_hostname(self, address: str) -> str | None:
         return None
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
         return False
 
 

@@ -34,7 +34,7 @@ class SlowResolver:
         await asyncio.sleep(self.delay)
         return None
 
-    async def dnslisted(self, address: str, zone: str) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
         await asyncio.sleep(self.delay)
         return True
 
