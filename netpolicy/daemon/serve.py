@@ -52,6 +52,8 @@ from netpolicy.model.compiler import compile_policy
 from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.model.plan import KernelPlan
 from netpolicy.smtp.listener import SmtpListener
+from netpolicy.smtp.services import SessionLimits
+from netpolicy.smtp.spool import ByteBudget
 from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.resolver import DnsResolver
 
@@ -104,6 +106,7 @@ class Daemon:
         self.resolver = DnsResolver()
         self.offences = OffenceTracker()
         self.view = DaemonView(dnslist_unexpected=self.resolver.unexpected_answers)
+        self.budget = ByteBudget(SessionLimits().inflight_bytes)  # every listener's sessions take from it
         self.metrics = Metrics(self.view)
         self.listeners: dict[str, SmtpListener] = {}
         self.policy: Policy | None = None
@@ -247,7 +250,7 @@ class Daemon:
                 self.listeners[name].swap_hat(hats[name], listener)
                 continue
             smtp = SmtpListener(listener, hats[name], self.resolver, self.maillog, on_offence=self._on_offence,
-                                fds=self.view.fds)
+                                fds=self.view.fds, budget=self.budget)
             await smtp.start()
             self.listeners[name] = smtp
             self.view.listeners[name] = smtp.stats

@@ -39,6 +39,7 @@ from netpolicy.smtp.services import (
     build_generation,
 )
 from netpolicy.smtp.session import PolicySMTP
+from netpolicy.smtp.spool import ByteBudget
 
 
 def listening_socket(address: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
@@ -75,10 +76,12 @@ class SmtpListener:
         on_offence: OffenceHook | None = None,
         limits: SessionLimits | None = None,
         fds: FdWatch | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.stats = ListenerStats()
-        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits or SessionLimits(), self.stats, on_offence,
-                                  fds=fds or FdWatch())
+        limits = limits or SessionLimits()
+        self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence,
+                                  budget or ByteBudget(limits.inflight_bytes), fds=fds or FdWatch())
         self._generation = build_generation(listener, hat)
         self._server: asyncio.Server | None = None
         self._retired_sinks: list[Sink] = []
@@ -90,6 +93,11 @@ class SmtpListener:
     @property
     def counters(self) -> Counters:
         return self._services.counters
+
+    @property
+    def budget(self) -> ByteBudget:
+        """The in-flight byte budget its sessions take from."""
+        return self._services.budget
 
     def _session(self) -> PolicySMTP:
         return PolicySMTP(self._generation, self._services)

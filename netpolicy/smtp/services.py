@@ -24,6 +24,7 @@ from netpolicy.smtp.delivery import Sink, make_sink
 from netpolicy.smtp.fds import FdWatch
 from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.rat import Rat
+from netpolicy.smtp.spool import ByteBudget
 
 log = logging.getLogger("netpolicy.smtp")
 
@@ -145,6 +146,7 @@ class Services:
     limits: SessionLimits
     stats: ListenerStats
     on_offence: OffenceHook | None
+    budget: ByteBudget  # bytes of messages in flight; one per process when serve passes its own
     sessions: OpenSessions = field(default_factory=OpenSessions)
     fds: FdWatch = field(default_factory=FdWatch)  # one per process when serve passes its own
 

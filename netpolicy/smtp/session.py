@@ -45,7 +45,7 @@ from netpolicy.smtp.lines import (
 )
 from netpolicy.smtp.paths import parse_path
 from netpolicy.smtp.services import Generation, Services
-from netpolicy.smtp.spool import DATA_FLOOR, Spool, shared_budget
+from netpolicy.smtp.spool import DATA_FLOOR, Spool
 
 log = logging.getLogger("netpolicy.smtp")
 
@@ -617,7 +617,7 @@ class PolicySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         limits = self.services.limits
-        budget = shared_budget(limits.inflight_bytes)
+        budget = self.services.budget
         if budget.free < DATA_FLOOR:
             # Before the 354, so the client does not send a message only to hear 4xx at its
             # end; the transaction stays open and DATA may be tried again.

@@ -11,8 +11,9 @@ senders (security review, issue 10).
   do. Past it, the message moves to a nameless file (``O_TMPFILE``, via
   ``tempfile.TemporaryFile``) in ``directory``: a killed process leaves no spool file behind,
   so there is nothing to clean at start.
-- Every byte held, in memory or spooled, is counted in a ``ByteBudget`` shared by all sessions
-  of the process with the same capacity (``SessionLimits.inflight_bytes``). A message that
+- Every byte held, in memory or spooled, is counted in one ``ByteBudget`` of
+  ``SessionLimits.inflight_bytes`` shared by every session of the process (``serve`` hands the
+  same one to each listener, as it does its ``FdWatch``). A message that
   would overrun it is dropped (``BudgetExceeded``) and the client hears a 4xx at the end;
   DATA is refused before the 354 when less than ``DATA_FLOOR`` is free.
 
@@ -55,17 +56,6 @@ class ByteBudget:
 
     def give(self, n: int) -> None:
         self.used -= n
-
-
-_budgets: dict[int, ByteBudget] = {}
-
-
-def shared_budget(capacity: int) -> ByteBudget:
-    """The process's budget of that capacity (every listener of a serve uses the same limits)."""
-    budget = _budgets.get(capacity)
-    if budget is None:
-        budget = _budgets[capacity] = ByteBudget(capacity)
-    return budget
 
 
 class Spool:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from netpolicy.smtp import SessionLimits
-from netpolicy.smtp.spool import shared_budget
 from tests.support.smtp import (
     PLAIN,
     TRUSTED,
@@ -52,13 +51,18 @@ async def start_data(e: SmtpEnv, source: str) -> RawClient:
     return client
 
 
-async def held(e: SmtpEnv, capacity: int, n_bytes: int) -> None:
+def budget_used(e: SmtpEnv) -> int:
+    assert e.listener is not None
+    return e.listener.budget.used
+
+
+async def held(e: SmtpEnv, n_bytes: int) -> None:
     """Wait until the server holds at least ``n_bytes`` of messages in flight."""
-    await wait_until_async(lambda: shared_budget(capacity).used >= n_bytes, f"{n_bytes} bytes held in the budget", timeout=10)
+    await wait_until_async(lambda: budget_used(e) >= n_bytes, f"{n_bytes} bytes held in the budget", timeout=10)
 
 
 async def test_budget_exhausted_refuses_data_before_354(smtp_pair: NetPair, tmp_path: Path) -> None:
-    capacity = 1_000_003  # a budget of this test's own (one per capacity in the process)
+    capacity = 1_000_003  # the listener's own budget (serve shares one among its listeners)
     e = env(smtp_pair, tmp_path)
     e.limits = SessionLimits(inflight_bytes=capacity)
     first, second = body(960_000, b"first"), body(200_000, b"second")
@@ -66,7 +70,7 @@ async def test_budget_exhausted_refuses_data_before_354(smtp_pair: NetPair, tmp_
         a = await start_data(e, PLAIN)
         assert (await a.cmd("DATA")).code == 354
         await a.send(first)  # no end yet: the message is in flight
-        await held(e, capacity, len(first))
+        await held(e, len(first))
         b = await start_data(e, TRUSTED)
         answer = await b.cmd("DATA")
         assert answer.code == 452 and answer.text.startswith("4.3.1 "), answer
@@ -74,7 +78,7 @@ async def test_budget_exhausted_refuses_data_before_354(smtp_pair: NetPair, tmp_
         assert (await a.answer()).code == 250
         assert (await b.message(second)).code == 250  # the same transaction, retried: nothing lost
         assert stored_bodies(e) == sorted([first.replace(b"\r\n", b"\n"), second.replace(b"\r\n", b"\n")])
-        await wait_until_async(lambda: shared_budget(capacity).used == 0, "the budget to be given back")
+        await wait_until_async(lambda: budget_used(e) == 0, "the budget to be given back")
 
 
 async def test_budget_overrun_mid_message_answers_452_at_the_end(smtp_pair: NetPair, tmp_path: Path) -> None:
@@ -86,7 +90,7 @@ async def test_budget_overrun_mid_message_answers_452_at_the_end(smtp_pair: NetP
         a = await start_data(e, PLAIN)
         assert (await a.cmd("DATA")).code == 354
         await a.send(first)
-        await held(e, capacity, len(first))
+        await held(e, len(first))
         b = await start_data(e, TRUSTED)
         answer = await b.message(second)
         assert answer.code == 452 and answer.text.startswith("4.3.1 "), answer
@@ -96,7 +100,7 @@ async def test_budget_overrun_mid_message_answers_452_at_the_end(smtp_pair: NetP
         assert (await b.cmd("RCPT TO:<b@example.test>")).code == 250
         assert (await b.message(second)).code == 250  # the client retried: nothing lost
         assert stored_bodies(e) == sorted([first.replace(b"\r\n", b"\n"), second.replace(b"\r\n", b"\n")])
-        await wait_until_async(lambda: shared_budget(capacity).used == 0, "the budget to be given back")
+        await wait_until_async(lambda: budget_used(e) == 0, "the budget to be given back")
 
 
 async def test_nul_in_data_is_refused(smtp_pair: NetPair, tmp_path: Path) -> None:

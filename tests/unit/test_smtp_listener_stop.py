@@ -15,6 +15,8 @@ from netpolicy.model import parse_policy
 from netpolicy.model.hat import build_hat_indexes
 from netpolicy.smtp.listener import SmtpListener, listening_socket
 from netpolicy.smtp.maillog import MailLog
+from netpolicy.smtp.services import SessionLimits
+from netpolicy.smtp.spool import ByteBudget
 from tests.support.policies import LOOPBACK_POLICY
 
 
@@ -76,3 +78,14 @@ async def test_stop_ends_sessions_still_open_after_the_grace_with_421(tmp_path: 
     await listener.stop(grace=0.2)
     assert (await reader.readline()).startswith(b"421 4.3.2")
     writer.close()
+
+
+async def test_listeners_share_the_budget_they_are_given(tmp_path: Path) -> None:
+    """serve passes one ByteBudget to every listener; without one a listener has its own."""
+    policy = parse_policy(LOOPBACK_POLICY.format(maildir=tmp_path / "md"), "p.yml")
+    hat = build_hat_indexes(policy)["In"]
+    shared = ByteBudget(10**6)
+    one, two = (SmtpListener(policy.listener("In"), hat, Unlisted(), MailLog(stream=io.StringIO()), budget=shared) for _ in range(2))
+    assert one.budget is shared and two.budget is shared
+    alone = SmtpListener(policy.listener("In"), hat, Unlisted(), MailLog(stream=io.StringIO()), limits=SessionLimits(inflight_bytes=4096))
+    assert alone.budget is not shared and alone.budget.capacity == 4096

@@ -21,6 +21,7 @@ from netpolicy.smtp.services import (
     build_generation,
 )
 from netpolicy.smtp.session import PolicySMTP, client_address
+from netpolicy.smtp.spool import ByteBudget
 from tests.support.policies import LOOPBACK_POLICY
 
 
@@ -42,7 +43,8 @@ class SlowResolver:
 def session(tmp_path: Path, resolver: object, limits: SessionLimits = SessionLimits()) -> PolicySMTP:
     policy = parse_policy(LOOPBACK_POLICY.format(maildir=tmp_path / "md"), "p.yml")
     generation = build_generation(policy.listener("In"), build_hat_indexes(policy)["In"])
-    services = Services(resolver, InMemoryCounters(), MailLog(stream=io.StringIO()), limits, ListenerStats(), None)  # type: ignore[arg-type]
+    budget = ByteBudget(limits.inflight_bytes)
+    services = Services(resolver, InMemoryCounters(), MailLog(stream=io.StringIO()), limits, ListenerStats(), None, budget)  # type: ignore[arg-type]
     return PolicySMTP(generation, services)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netpolicy.smtp.spool import BLOCK, BudgetExceeded, ByteBudget, Spool, shared_budget
+from netpolicy.smtp.spool import BLOCK, BudgetExceeded, ByteBudget, Spool
 
 
 def fill(spool: Spool, total: int, piece: int = 1500) -> bytes:
@@ -47,7 +47,3 @@ def test_budget_counts_every_byte_held_and_gets_them_back() -> None:
     fill(spool, 500)  # usable again after a discard
     assert b"".join(spool.blocks()) == bytes(range(256)) * 1 + bytes(range(244))
 
-
-def test_one_budget_per_capacity_in_the_process() -> None:
-    assert shared_budget(12_345) is shared_budget(12_345)
-    assert shared_budget(12_345) is not shared_budget(12_346)
