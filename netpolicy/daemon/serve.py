@@ -128,7 +128,7 @@ class Daemon:
                 log.error("%s", problem)
             return 1
         self._select_backend()
-        policy, plan = prepared.policy, prepared.plan
+        plan = prepared.plan
         if self.backend is not None:
             self.reconciler = Reconciler(self.backend, plan, full_sync=self.options.full_sync)
             reconciler = self.reconciler
@@ -155,8 +155,10 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            notify(f"READY=1\nSTATUS=policy generation {policy.generation()}")
-            log.info("serving policy generation %s", policy.generation())
+            # The plan carries the generation: hashing the policy again would dump the whole
+            # model (seconds for a million entries) on the event loop while listeners serve.
+            notify(f"READY=1\nSTATUS=policy generation {plan.generation}")
+            log.info("serving policy generation %s", plan.generation)
             await self._stop.wait()
             notify("STOPPING=1")
             for sig in (signal.SIGHUP, signal.SIGUSR1):
