@@ -28,6 +28,8 @@ _HOST_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"^{_HOST_LABEL}(\.{_HOST_LABEL})*\.?$", re.IGNORECASE)
 _PARTIAL_V4_RE = re.compile(r"^(\d{1,3})(\.\d{1,3}){0,2}\.?$")
 _DNSLIST_RE = re.compile(r"^dnslist\[(?P<zone>[^\]=]+)(=(?P<pattern>.*))?\]$", re.IGNORECASE)
+_SCORE_RE = re.compile(r"^score\[(?:(?P<none>none)|(?P<low>[-+]?\d+(?:\.\d+)?):(?P<high>[-+]?\d+(?:\.\d+)?))\]$", re.IGNORECASE)
+_COUNTRY_RE = re.compile(r"^country\[(?P<codes>[^\]]*)\]$", re.IGNORECASE)
 _OCTET_RE = re.compile(r"^(?:(?P<num>\d{1,3})|\[(?P<range>\d{1,3}\.\.\d{1,3})\]|\[(?P<list>\d{1,3}(?:;\d{1,3})*)\])$")
 
 
@@ -138,13 +140,60 @@ class DnsListEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreEntry:
+    """``score[-10:-3]`` (bounds included) or ``score[none]`` (every reputation source failed)."""
+
+    text: str
+    low: float | None  # both None: score[none]
+    high: float | None
+
+    def matches(self, score: float | None) -> bool:
+        if self.low is None or self.high is None:
+            return score is None
+        return score is not None and self.low <= score <= self.high
+
+
+@dataclass(frozen=True, slots=True)
+class CountryEntry:
+    """``country[CN,RU]`` as written; the loader turns it into an ``AddressSetEntry`` from the
+    policy's GeoIP database, so nothing after the loader meets this form."""
+
+    text: str
+    codes: tuple[str, ...]  # upper-case ISO 3166-1 alpha-2
+
+
+@dataclass(frozen=True, slots=True)
+class ListFileEntry:
+    """``file:lists/drop.txt`` as written; the loader turns it into an ``AddressSetEntry``."""
+
+    text: str
+    path: str  # as written: relative paths are relative to the policy file
+
+
+@dataclass(frozen=True, slots=True)
+class AddressSetEntry:
+    """Many address intervals under one entry text: a ``file:`` list or a ``country[...]``.
+
+    Held as merged, sorted intervals per family rather than one ``AddressEntry`` per line, which
+    is what lets a million-line list load and compile in seconds. ``digest`` identifies the
+    content, so the policy generation changes when the file or the database does.
+    """
+
+    text: str
+    v4: tuple[tuple[int, int], ...]
+    v6: tuple[tuple[int, int], ...]
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class AllEntry:
     """``ALL``: every host (only as the group ``ALL``)."""
 
     text: str = "ALL"
 
 
-Entry = AddressEntry | HostnameEntry | DnsListEntry | AllEntry
+Entry = (AddressEntry | HostnameEntry | DnsListEntry | ScoreEntry | CountryEntry | ListFileEntry
+         | AddressSetEntry | AllEntry)
 
 
 def _v4_int(text: str) -> int:
@@ -232,6 +281,26 @@ def _v4_network(text: str) -> AddressEntry | None:
     return None if value & host else AddressEntry(text, 4, value, value | host)
 
 
+def _score(text: str) -> ScoreEntry:
+    m = _SCORE_RE.match(text)
+    if m is None:
+        raise EntryError(f"{text!r} is not score[LOW:HIGH] or score[none]")
+    if m["none"]:
+        return ScoreEntry(text, None, None)
+    low, high = float(m["low"]), float(m["high"])
+    if not -10.0 <= low <= high <= 10.0:
+        raise EntryError(f"{text!r}: the range must run upwards within -10..10")
+    return ScoreEntry(text, low, high)
+
+
+def _country(text: str) -> CountryEntry:
+    m = _COUNTRY_RE.match(text)
+    codes = tuple(c.strip().upper() for c in m["codes"].split(",")) if m else ()
+    if not codes or not all(len(c) == 2 and c.isascii() and c.isalpha() for c in codes):
+        raise EntryError(f"{text!r} is not country[CC,...] with ISO 3166 two-letter codes")
+    return CountryEntry(text, codes)
+
+
 def parse_entry(raw: object) -> Entry:
     """Parse one sender-group entry; raise EntryError with a message fit for an operator."""
     if not isinstance(raw, str):
@@ -253,6 +322,15 @@ def parse_entry(raw: object) -> Entry:
             return DnsListEntry(text, zone, parse_answer_pattern(m.group("pattern").strip()))
         except ValueError as exc:
             raise EntryError(f"{text!r}: answer pattern {exc}") from None
+    if text[:6].lower() == "score[":
+        return _score(text)
+    if text[:8].lower() == "country[":
+        return _country(text)
+    if text.startswith("file:"):
+        path = text[5:].strip()
+        if not path or any(not c.isprintable() for c in path):
+            raise EntryError(f"{text!r}: file: needs a path")
+        return ListFileEntry(text, path)
     if "/" in text:
         return _cidr(text)
     if "-" in text and (text[0].isdigit() or ":" in text):
@@ -270,5 +348,5 @@ def parse_entry(raw: object) -> Entry:
     suffix = text.startswith(".")
     name = text[1:] if suffix else text
     if not _HOSTNAME_RE.match(name) or name.replace(".", "").isdigit():
-        raise EntryError(f"{text!r} is not an address, range, CIDR, host name or dnslist[zone]")
+        raise EntryError(f"{text!r} is not an address, range, CIDR, host name, dnslist[zone], score[a:b], country[..] or file:")
     return HostnameEntry(text, name.lower().rstrip("."), suffix)

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from netpolicy.model.entries import Entry, EntryError, parse_entry
+from netpolicy.model.entries import LISTING, AnswerPattern, Entry, EntryError, parse_answer_pattern, parse_entry
 
 Behavior = Literal["accept", "reject", "tcprefuse", "relay", "continue"]
 TlsMode = Literal["off", "preferred", "required"]
@@ -78,7 +78,7 @@ SenderEntry = Annotated[
     Any,
     BeforeValidator(_parse_entry),
     PlainSerializer(lambda e: e.text, return_type=str),
-    WithJsonSchema({"type": "string", "description": "address, partial address, range, CIDR, host name, .domain or dnslist[zone]"}),
+    WithJsonSchema({"type": "string", "description": "address, partial address, range, CIDR, host name, .domain, dnslist[zone], score[a:b], country[CC,..] or file:PATH"}),
 ]
 
 
@@ -201,11 +201,59 @@ class Listener(StrictModel):
         return 6 if ":" in self.address else 4
 
 
+_ZONE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
+
+
+class ReputationSource(StrictModel):
+    """One DNS list the score is made of: its weight counts when it lists the host."""
+
+    dnslist: str = Field(description="DNS list zone, e.g. zen.spamhaus.org")
+    answers: str | None = Field(None, description="answer pattern (postscreen syntax); default 127.0.0.0/8 outside 127.255.255.0/24")
+    weight: Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)] = Field(
+        description="added to the score when the list answers a listing: negative for block lists, positive for DNSWL-style lists")
+
+    @field_validator("dnslist")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone = value.strip().lower().rstrip(".")
+        if _ZONE.match(zone) is None:
+            raise ValueError(f"{value[:80]!r} is not a DNS zone")
+        return zone
+
+    @field_validator("answers")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_answer_pattern(value)  # ValueError names what is wrong
+        return value
+
+    @property
+    def pattern(self) -> AnswerPattern:
+        return LISTING if self.answers is None else parse_answer_pattern(self.answers)
+
+
+class Reputation(StrictModel):
+    """How the host's score is computed (SPEC.md section 7); needed by ``score[...]`` entries."""
+
+    timeout: Annotated[float, Field(gt=0.0, le=30.0, allow_inf_nan=False)] = Field(
+        2.0, description="seconds for all lookups of one connection together")
+    sources: list[ReputationSource] = Field(min_length=1)
+
+
+class GeoIP(StrictModel):
+    database: FilePath = Field(description="MaxMind DB file (GeoLite2-Country.mmdb or compatible); needed by country[...]")
+
+
 class Policy(StrictModel):
     version: Literal[1]
     listeners: list[Listener] = Field(min_length=1)
     sender_groups: dict[Name, list[SenderEntry]] = {}
     mail_flow_policies: dict[Name, MailFlowPolicy]
+    reputation: Reputation | None = None
+    geoip: GeoIP | None = None
+    # ipset's largest timeout bounds it, as it bounds promote_for.
+    learn_refusals: Annotated[int, Field(strict=True, ge=0, le=2_147_483)] = Field(
+        3600, description="seconds at most a TCPREFUSE resting on DNS answers is held in the kernel (0: off)")
 
     @field_validator("version", mode="before")
     @classmethod

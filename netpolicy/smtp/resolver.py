@@ -25,6 +25,9 @@ import dns.resolver
 import dns.reversename
 
 from netpolicy.model.entries import AnswerPattern
+from netpolicy.model.hat import Fact
+from netpolicy.model.policy import Reputation
+from netpolicy.model.reputation import reputation_score
 
 log = logging.getLogger(__name__)
 _NEGATIVE_TTL = 60.0
@@ -37,12 +40,14 @@ class TtlCache:
         self._data: OrderedDict[tuple[str, ...], tuple[float, object]] = OrderedDict()
         self._size = size
 
-    def get(self, key: tuple[str, ...]) -> tuple[bool, object]:
+    def get(self, key: tuple[str, ...]) -> tuple[bool, object, float]:
+        """(hit, value, seconds left)."""
         item = self._data.get(key)
-        if item is None or item[0] < time.monotonic():
-            return False, None
+        now = time.monotonic()
+        if item is None or item[0] < now:
+            return False, None, 0.0
         self._data.move_to_end(key)
-        return True, item[1]
+        return True, item[1], item[0] - now
 
     def put(self, key: tuple[str, ...], value: object, ttl: float) -> None:
         self._data[key] = (time.monotonic() + ttl, value)
@@ -61,43 +66,49 @@ class DnsResolver:
         self._cache = TtlCache()
         self.unexpected_answers: dict[tuple[str, str], int] = {}  # (zone, answer) -> lookups that met it
 
-    async def _query(self, name: str, rdtype: str) -> tuple[list[str], float]:
-        """Answer texts and TTL; an empty list for NXDOMAIN, no answer, timeout or failure."""
+    async def _query(self, name: str, rdtype: str) -> tuple[list[str] | None, float]:
+        """Answer texts and TTL; an empty list for NXDOMAIN or no answer, None (TTL 0) for a
+        timeout or failure, which must not be cached or learned as long as a real answer."""
         try:
             answer = await asyncio.wait_for(self._resolver.resolve(name, rdtype), self.timeout)
-        except (dns.exception.DNSException, asyncio.TimeoutError, OSError):
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return [], _NEGATIVE_TTL
+        except (dns.exception.DNSException, asyncio.TimeoutError, OSError):
+            return None, 0.0
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else _NEGATIVE_TTL
         return [r.to_text() for r in answer], ttl
 
-    async def verified_hostname(self, address: str) -> str | None:
-        hit, cached = self._cache.get(("ptr", address))
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
+        hit, cached, left = self._cache.get(("ptr", address))
         if hit:
-            return cached  # type: ignore[return-value]
+            return Fact(cached, left)  # type: ignore[arg-type]
         names, ttl = await self._query(dns.reversename.from_address(address).to_text(), "PTR")
         verified: str | None = None
         rdtype = "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
-        for name in names[:5]:  # bounded: a PTR set can be long
-            forward, _ = await self._query(name, rdtype)
-            if any(ipaddress.ip_address(a) == ipaddress.ip_address(address) for a in forward):
+        for name in (names or [])[:5]:  # bounded: a PTR set can be long
+            forward, forward_ttl = await self._query(name, rdtype)
+            if any(ipaddress.ip_address(a) == ipaddress.ip_address(address) for a in forward or ()):
                 verified = name.rstrip(".").lower()
+                ttl = min(ttl, forward_ttl)
                 break
-        self._cache.put(("ptr", address), verified, ttl)
-        return verified
+        if names is not None:
+            self._cache.put(("ptr", address), verified, ttl)
+        return Fact(verified, ttl)
 
-    async def _dnslist_answers(self, address: str, zone: str) -> list[str]:
-        """The A answers of ``zone`` for ``address``, fetched once per TTL whatever the patterns."""
-        hit, cached = self._cache.get(("dnsl", address, zone))
+    async def _dnslist_answers(self, address: str, zone: str) -> tuple[list[str] | None, float]:
+        """The A answers of ``zone`` for ``address``, fetched once per TTL whatever the patterns;
+        None when the lookup failed."""
+        hit, cached, left = self._cache.get(("dnsl", address, zone))
         if hit:
-            return cached  # type: ignore[return-value]
+            return cached, left  # type: ignore[return-value]
         reverse = dns.reversename.from_address(address).to_text(omit_final_dot=True)
         owner = reverse.removesuffix(".in-addr.arpa").removesuffix(".ip6.arpa")
         records, ttl = await self._query(f"{owner}.{zone}.", "A")
-        self._cache.put(("dnsl", address, zone), records, ttl)
-        return records
+        if records is not None:
+            self._cache.put(("dnsl", address, zone), records, ttl)
+        return records, ttl
 
-    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool:
-        answers = await self._dnslist_answers(address, zone)
+    def _judge(self, zone: str, answers: list[str], pattern: AnswerPattern) -> bool:
         if any(pattern.matches(answer) for answer in answers):
             return True
         for answer in answers:
@@ -106,3 +117,29 @@ class DnsResolver:
                 log.warning("DNS list %s answered %s: not a listing", zone, answer)
             self.unexpected_answers[key] = self.unexpected_answers.get(key, 0) + 1
         return False
+
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> Fact[bool]:
+        answers, ttl = await self._dnslist_answers(address, zone)
+        return Fact(answers is not None and self._judge(zone, answers, pattern), ttl)
+
+    async def score(self, address: str, reputation: Reputation) -> Fact[float | None]:
+        """Every source asked at once, all under ``reputation.timeout``: the connection waits
+        for the slowest lookup, never for their sum. A source still unanswered then has failed."""
+        zones = list(dict.fromkeys(source.dnslist for source in reputation.sources))
+        tasks = {zone: asyncio.ensure_future(self._dnslist_answers(address, zone)) for zone in zones}
+        await asyncio.wait(tasks.values(), timeout=reputation.timeout)
+        answers: dict[str, list[str] | None] = {}
+        ttl = float("inf")
+        for zone, task in tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                answers[zone], zone_ttl = task.result()
+            else:
+                task.cancel()
+                answers[zone], zone_ttl = None, 0.0
+            ttl = min(ttl, zone_ttl)
+
+        def listed(zone: str, pattern: AnswerPattern) -> bool | None:
+            found = answers[zone]
+            return None if found is None else self._judge(zone, found, pattern)
+
+        return Fact(reputation_score(reputation, listed), ttl)

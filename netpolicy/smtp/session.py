@@ -34,7 +34,8 @@ from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from netpolicy.model.effective import expand_text
 from netpolicy.model.entries import AnswerPattern
-from netpolicy.model.hat import Decision, Resolver
+from netpolicy.model.hat import Decision, Fact, Resolver
+from netpolicy.model.policy import Reputation
 from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
 from netpolicy.smtp.lines import (
     BareNewline,
@@ -68,15 +69,18 @@ def client_address(peer: Any) -> str:
 class _KnownName:
     """Resolver view for one connection: the PTR name is already known, DNS lists are asked."""
 
-    def __init__(self, resolver: Resolver, hostname: str | None) -> None:
+    def __init__(self, resolver: Resolver, hostname: Fact[str | None]) -> None:
         self._resolver = resolver
         self._hostname = hostname
 
-    async def verified_hostname(self, address: str) -> str | None:
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
         return self._hostname
 
-    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> Fact[bool]:
         return await self._resolver.dnslisted(address, zone, pattern)
+
+    async def score(self, address: str, reputation: Reputation) -> Fact[float | None]:
+        return await self._resolver.score(address, reputation)
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,8 +199,9 @@ class PolicySMTP(SMTP):
         hat = self.gen.hat
         try:
             async with asyncio.timeout(self.services.limits.decision_timeout):
-                self.hostname_ptr = await resolver.verified_hostname(self.address)
-                return await hat.decide_async(self.address, _KnownName(resolver, self.hostname_ptr))
+                name = await resolver.verified_hostname(self.address)
+                self.hostname_ptr = name.value
+                return await hat.decide_async(self.address, _KnownName(resolver, name))
         except TimeoutError:
             log.warning("%s: DNS too slow for the HAT decision; deciding by address", self.address)
         except Exception:

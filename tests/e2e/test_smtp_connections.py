@@ -79,7 +79,7 @@ class GatedResolver(FakeResolver):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def verified_hostname(self, address: str) -> str | None:
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
         await self.gate.wait()
         return await super().verified_hostname(address)
 

@@ -101,13 +101,13 @@ def test_answers_are_judged_by_the_pattern(dns_server: DnsServer) -> None:
 
     async def run() -> list[bool]:
         return [
-            await resolver.dnslisted("192.0.2.1", ZONE, LISTING),
-            await resolver.dnslisted("192.0.2.1", ZONE, first),
-            await resolver.dnslisted("192.0.2.1", ZONE, second),
-            await resolver.dnslisted("192.0.2.2", ZONE, LISTING),
-            await resolver.dnslisted("192.0.2.2", ZONE, first),
-            await resolver.dnslisted("192.0.2.2", ZONE, second),
-            await resolver.dnslisted("192.0.2.9", ZONE, LISTING),  # not in the list: NXDOMAIN
+            (await resolver.dnslisted("192.0.2.1", ZONE, LISTING)).value,
+            (await resolver.dnslisted("192.0.2.1", ZONE, first)).value,
+            (await resolver.dnslisted("192.0.2.1", ZONE, second)).value,
+            (await resolver.dnslisted("192.0.2.2", ZONE, LISTING)).value,
+            (await resolver.dnslisted("192.0.2.2", ZONE, first)).value,
+            (await resolver.dnslisted("192.0.2.2", ZONE, second)).value,
+            (await resolver.dnslisted("192.0.2.9", ZONE, LISTING)).value,  # not in the list: NXDOMAIN
         ]
 
     assert asyncio.run(run()) == [True, True, False, True, False, True, False]
@@ -120,7 +120,7 @@ def test_error_answer_is_never_a_listing_and_is_logged_once_and_counted(
     caplog.set_level(logging.WARNING, logger=RESOLVER_LOG)
 
     async def run() -> list[bool]:
-        return [await resolver.dnslisted("192.0.2.3", ZONE, pattern) for pattern in (LISTING, anything_127, LISTING)]
+        return [(await resolver.dnslisted("192.0.2.3", ZONE, pattern)).value for pattern in (LISTING, anything_127, LISTING)]
 
     assert asyncio.run(run()) == [False, False, False]
     lines = [r.getMessage() for r in caplog.records if r.name == RESOLVER_LOG]
@@ -134,10 +134,10 @@ def test_answers_are_fetched_once_per_address_and_zone(dns_server: DnsServer) ->
     resolver = dns_server.resolver()
 
     async def run() -> list[bool]:
-        listed = [await resolver.dnslisted("192.0.2.2", ZONE, LISTING)]
+        listed = [(await resolver.dnslisted("192.0.2.2", ZONE, LISTING)).value]
         dns_server.stop()  # the cached answer (TTL 300) must serve every other pattern
-        listed.append(await resolver.dnslisted("192.0.2.2", ZONE, parse_answer_pattern("127.0.0.10")))
-        listed.append(await resolver.dnslisted("192.0.2.2", ZONE, parse_answer_pattern("127.0.0.2")))
+        listed.append((await resolver.dnslisted("192.0.2.2", ZONE, parse_answer_pattern("127.0.0.10"))).value)
+        listed.append((await resolver.dnslisted("192.0.2.2", ZONE, parse_answer_pattern("127.0.0.2"))).value)
         return listed
 
     assert asyncio.run(run()) == [True, True, False]
@@ -147,7 +147,7 @@ def test_stopped_server_means_not_listed_within_the_timeout(dns_server: DnsServe
     resolver = dns_server.resolver(timeout=1.0)
     dns_server.stop()
     started = time.monotonic()
-    assert asyncio.run(resolver.dnslisted("192.0.2.1", ZONE, LISTING)) is False
+    assert asyncio.run(resolver.dnslisted("192.0.2.1", ZONE, LISTING)).value is False
     elapsed = time.monotonic() - started
     assert elapsed < 2.0, elapsed
     assert resolver.unexpected_answers == {}

@@ -23,7 +23,7 @@ import yaml
 
 from netpolicy.model import Policy, parse_policy
 from netpolicy.model.entries import AnswerPattern
-from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
+from netpolicy.model.hat import Decision, Fact, HatIndex, build_hat_indexes
 from netpolicy.smtp import InMemoryCounters, SessionLimits, SmtpListener
 from netpolicy.smtp.maillog import MailLog
 from tests.support.netns import Netns, NetPair, net_pair
@@ -108,11 +108,11 @@ class FakeResolver:
         self.names = names if names is not None else {SPAMMY: "mx1.spam.example"}
         self.listed = listed if listed is not None else {(LISTED, "bl.example.test")}
 
-    async def verified_hostname(self, address: str) -> str | None:
-        return self.names.get(address)
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
+        return Fact(self.names.get(address), 300.0)
 
-    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> bool:
-        return (address, zone) in self.listed
+    async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> Fact[bool]:
+        return Fact((address, zone) in self.listed, 300.0)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from netpolicy.model import PolicyError, parse_policy
 from netpolicy.model.entries import LISTING, DnsListEntry, EntryError, parse_answer_pattern, parse_entry
-from netpolicy.model.hat import HatIndex, build_hat_indexes
+from netpolicy.model.hat import Fact, HatIndex, build_hat_indexes
 from tests.support.policies import make_policy
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yml"
@@ -82,12 +82,12 @@ class AnswersOf:
     def __init__(self, answers: dict[str, list[str]]) -> None:
         self.answers = answers
 
-    async def verified_hostname(self, address: str) -> str | None:
-        return None
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
+        return Fact(None, 300.0)
 
-    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> Fact[bool]:
         assert hasattr(pattern, "matches")
-        return any(pattern.matches(a) for a in self.answers.get(zone, []))
+        return Fact(any(pattern.matches(a) for a in self.answers.get(zone, [])), 300.0)
 
 
 def test_hat_lists_only_answers_the_entry_pattern_matches() -> None:

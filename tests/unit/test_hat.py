@@ -2,7 +2,7 @@
 
 import asyncio
 
-from netpolicy.model.hat import HatIndex, build_hat_indexes
+from netpolicy.model.hat import Fact, HatIndex, build_hat_indexes
 from netpolicy.model.policy import Policy
 from tests.support.policies import make_policy
 
@@ -70,13 +70,13 @@ class CountingResolver:
         self.hostname, self.listed = hostname, listed
         self.calls: list[str] = []
 
-    async def verified_hostname(self, address: str) -> str | None:
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
         self.calls.append("ptr")
-        return self.hostname
+        return Fact(self.hostname, 300.0)
 
-    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> Fact[bool]:
         self.calls.append(zone)
-        return zone in self.listed
+        return Fact(zone in self.listed, 300.0)
 
 
 def test_async_decision_asks_dns_only_when_a_row_needs_it() -> None:

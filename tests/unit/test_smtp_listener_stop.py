@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from netpolicy.model import parse_policy
-from netpolicy.model.hat import build_hat_indexes
+from netpolicy.model.hat import Fact, build_hat_indexes
 from netpolicy.smtp.listener import SmtpListener, listening_socket
 from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.services import SessionLimits
@@ -23,11 +23,11 @@ from tests.support.policies import LOOPBACK_POLICY
 class Unlisted:
     """No PTR name, listed nowhere: every client gets the policy's ACCEPT."""
 
-    async def verified_hostname(self, address: str) -> str | None:
-        return None
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
+        return Fact(None, 300.0)
 
-    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
-        return False
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> Fact[bool]:
+        return Fact(False, 300.0)
 
 
 def _maildir_threads() -> list[threading.Thread]:

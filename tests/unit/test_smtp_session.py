@@ -11,7 +11,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from netpolicy.model import parse_policy
-from netpolicy.model.hat import build_hat_indexes
+from netpolicy.model.hat import Fact, build_hat_indexes
 from netpolicy.smtp.counters import InMemoryCounters
 from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.services import (
@@ -29,15 +29,15 @@ class SlowResolver:
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.delay, self.fail = delay, fail
 
-    async def verified_hostname(self, address: str) -> str | None:
+    async def verified_hostname(self, address: str) -> Fact[str | None]:
         if self.fail:
             raise RuntimeError("resolver bug")
         await asyncio.sleep(self.delay)
-        return None
+        return Fact(None, 300.0)
 
-    async def dnslisted(self, address: str, zone: str, pattern: object) -> bool:
+    async def dnslisted(self, address: str, zone: str, pattern: object) -> Fact[bool]:
         await asyncio.sleep(self.delay)
-        return True
+        return Fact(True, 300.0)
 
 
 def session(tmp_path: Path, resolver: object, limits: SessionLimits = SessionLimits()) -> PolicySMTP:
