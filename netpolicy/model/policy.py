@@ -244,6 +244,15 @@ class GeoIP(StrictModel):
     database: FilePath = Field(description="MaxMind DB file (GeoLite2-Country.mmdb or compatible); needed by country[...]")
 
 
+class State(StrictModel):
+    """Where limits and refusals shared by every worker and gateway live (SPEC.md section 10)."""
+
+    redis: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^(redis|rediss|redis\+sentinel|unix)://"), AfterValidator(_no_control)] = Field(
+        description="redis://host:6379/0, rediss:// for TLS, redis+sentinel://host:26379/master/0, unix:///path")
+    prefix: Annotated[str, StringConstraints(max_length=64), AfterValidator(_no_control)] = Field(
+        "netpolicy:", description="prefix of every key netpolicy writes")
+
+
 class Policy(StrictModel):
     version: Literal[1]
     listeners: list[Listener] = Field(min_length=1)
@@ -252,6 +261,7 @@ class Policy(StrictModel):
     reputation: Reputation | None = None
     geoip: GeoIP | None = None
     # ipset's largest timeout bounds it, as it bounds promote_for.
+    state: State | None = None
     learn_refusals: Annotated[int, Field(strict=True, ge=0, le=2_147_483)] = Field(
         3600, description="seconds at most a TCPREFUSE resting on DNS answers is held in the kernel (0: off)")
 
