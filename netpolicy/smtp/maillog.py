@@ -117,10 +117,15 @@ class MailLog:
         )
 
     def decision(self, icid: int, decision: Decision, delayed: bool = False) -> None:
-        """``ICID 5 ACCEPT SG ALL match ALL``; a delayed REJECT says so."""
+        """``ICID 5 ACCEPT SG ALL match ALL``; a delayed REJECT says so. With a reputation block
+        the score follows with one decimal, as the appliance writes it (`` SBRS -6.0``,
+        `` SBRS none`` when every source failed)."""
         behavior = decision.behavior.upper()
         prefix = "Delayed " if delayed else ""
-        self.line(f"ICID {icid} {prefix}{behavior} SG {decision.sender_group} match {decision.match}")
+        text = f"ICID {icid} {prefix}{behavior} SG {decision.sender_group} match {decision.match}"
+        if decision.scored:
+            text += " SBRS none" if decision.score is None else f" SBRS {decision.score:.1f}"
+        self.line(text)
 
     def kernel_refusal(self, sender_group: str, match: str) -> None:
         """A refusal the kernel made; written only when verbose connection logging is on."""

@@ -6,6 +6,8 @@ import asyncio
 import io
 from pathlib import Path
 
+from dataclasses import replace
+
 from netpolicy.model.effective import EffectivePolicy
 from netpolicy.model.hat import Decision
 from netpolicy.smtp.maillog import MailLog
@@ -57,6 +59,26 @@ def test_verified_name_and_delayed_reject() -> None:
     assert out.getvalue().splitlines() == [
         "New SMTP ICID 1 interface In (10.0.0.1) address 192.0.2.9 reverse dns host mx.sender.test verified yes",
         "ICID 1 Delayed REJECT SG REJECTLIST match .sender.test",
+    ]
+
+
+def test_scored_decision_ends_with_the_score_as_the_appliance_writes_it() -> None:
+    out = io.StringIO()
+    log = MailLog(stream=out)
+    blocked = decision("BLACKLIST", "score[-10:-3]", "tcprefuse")
+    log.decision(1, replace(blocked, score=-9.0, scored=True))
+    log.decision(2, replace(decision("SUSPECT", "score[-3:-1]", "accept"), score=-2.5, scored=True))
+    log.decision(3, replace(decision("UNKNOWN", "score[none]", "reject"), scored=True))
+    log.decision(4, replace(decision("ALL", "ALL", "accept"), score=4.0, scored=True))
+    log.decision(5, replace(decision("ALL", "ALL", "accept"), score=0.0, scored=True))
+    log.decision(6, decision("ALL", "ALL", "accept"))  # no reputation block: no SBRS field
+    assert out.getvalue().splitlines() == [
+        "ICID 1 TCPREFUSE SG BLACKLIST match score[-10:-3] SBRS -9.0",
+        "ICID 2 ACCEPT SG SUSPECT match score[-3:-1] SBRS -2.5",
+        "ICID 3 REJECT SG UNKNOWN match score[none] SBRS none",
+        "ICID 4 ACCEPT SG ALL match ALL SBRS 4.0",
+        "ICID 5 ACCEPT SG ALL match ALL SBRS 0.0",
+        "ICID 6 ACCEPT SG ALL match ALL",
     ]
 
 
