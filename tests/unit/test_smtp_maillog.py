@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from netpolicy.model.effective import EffectivePolicy
 from netpolicy.model.hat import Decision
