@@ -9,6 +9,12 @@ An answer the pattern does not match is not a listing: Spamhaus answers 127.255.
 query through a public resolver, and taking that for a listing would refuse every sender. Such an
 answer is logged once per (zone, answer), so a misconfigured resolver shows in the log without
 flooding it, and counted per lookup for the metrics.
+
+A fact holds for its DNS TTL: the smallest TTL along a CNAME chain for an answer, the SOA's TTL
+and minimum for a negative one (RFC 2308), as a recursive resolver would cache them; a negative
+answer is held one hour at most, like unbound's cache-max-negative-ttl, so a zone whose SOA says
+a day does not keep a new listing unseen for a day. A failed lookup holds for 0 s and is not
+cached.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.resolver
 import dns.reversename
 
@@ -30,7 +38,9 @@ from netpolicy.model.policy import Reputation
 from netpolicy.model.reputation import reputation_score
 
 log = logging.getLogger(__name__)
-_NEGATIVE_TTL = 60.0
+_MAX_NEGATIVE_TTL = 3600.0
+# A PTR set can be long; a host name in the HAT is checked against the first few only.
+_MAX_PTR_NAMES = 5
 
 
 class TtlCache:
@@ -50,6 +60,9 @@ class TtlCache:
         return True, item[1], item[0] - now
 
     def put(self, key: tuple[str, ...], value: object, ttl: float) -> None:
+        """Keep ``value`` for ``ttl`` seconds; a TTL of 0 (a failed lookup) keeps nothing."""
+        if ttl <= 0:
+            return
         self._data[key] = (time.monotonic() + ttl, value)
         self._data.move_to_end(key)
         while len(self._data) > self._size:
@@ -71,28 +84,34 @@ class DnsResolver:
         timeout or failure, which must not be cached or learned as long as a real answer."""
         try:
             answer = await asyncio.wait_for(self._resolver.resolve(name, rdtype), self.timeout)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return [], _NEGATIVE_TTL
+        except dns.resolver.NXDOMAIN as nxdomain:
+            return [], _negative_ttl(nxdomain.responses().values())  # type: ignore[no-untyped-call]  # dnspython leaves it unannotated
+        except dns.resolver.NoAnswer as empty:
+            return [], _negative_ttl([empty.response()])  # type: ignore[no-untyped-call]
         except (dns.exception.DNSException, asyncio.TimeoutError, OSError):
             return None, 0.0
-        ttl = float(answer.rrset.ttl) if answer.rrset is not None else _NEGATIVE_TTL
-        return [r.to_text() for r in answer], ttl
+        return [r.to_text() for r in answer], float(answer.chaining_result.minimum_ttl)
 
     async def verified_hostname(self, address: str) -> Fact[str | None]:
+        """The first PTR name (of at most five) whose forward lookup gives the address back.
+        The forward lookups go out together, so a PTR set costs one round trip, not one each.
+        The fact holds for the smallest TTL of the answers it rests on; when a forward lookup
+        failed, for 0 s: that name might have been the confirming one."""
         hit, cached, left = self._cache.get(("ptr", address))
         if hit:
             return Fact(cached, left)  # type: ignore[arg-type]
         names, ttl = await self._query(dns.reversename.from_address(address).to_text(), "PTR")
-        verified: str | None = None
+        candidates = (names or [])[:_MAX_PTR_NAMES]
         rdtype = "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
-        for name in (names or [])[:5]:  # bounded: a PTR set can be long
-            forward, forward_ttl = await self._query(name, rdtype)
-            if any(ipaddress.ip_address(a) == ipaddress.ip_address(address) for a in forward or ()):
+        forwards = await asyncio.gather(*(self._query(name, rdtype) for name in candidates))
+        wanted = ipaddress.ip_address(address)
+        verified: str | None = None
+        for name, (forward, forward_ttl) in zip(candidates, forwards, strict=True):
+            ttl = min(ttl, forward_ttl)
+            if any(ipaddress.ip_address(a) == wanted for a in forward or ()):
                 verified = name.rstrip(".").lower()
-                ttl = min(ttl, forward_ttl)
                 break
-        if names is not None:
-            self._cache.put(("ptr", address), verified, ttl)
+        self._cache.put(("ptr", address), verified, ttl)
         return Fact(verified, ttl)
 
     async def _dnslist_answers(self, address: str, zone: str) -> tuple[list[str] | None, float]:
@@ -104,8 +123,7 @@ class DnsResolver:
         reverse = dns.reversename.from_address(address).to_text(omit_final_dot=True)
         owner = reverse.removesuffix(".in-addr.arpa").removesuffix(".ip6.arpa")
         records, ttl = await self._query(f"{owner}.{zone}.", "A")
-        if records is not None:
-            self._cache.put(("dnsl", address, zone), records, ttl)
+        self._cache.put(("dnsl", address, zone), records, ttl)
         return records, ttl
 
     def _judge(self, zone: str, answers: list[str], pattern: AnswerPattern) -> bool:
@@ -143,3 +161,10 @@ class DnsResolver:
             return None if found is None else self._judge(zone, found, pattern)
 
         return Fact(reputation_score(reputation, listed), ttl)
+
+
+def _negative_ttl(responses: Iterable[dns.message.Message]) -> float:
+    """How long a negative answer holds: its SOA's TTL and minimum (dnspython's chaining result
+    computes it, 300 s without an SOA), at most ``_MAX_NEGATIVE_TTL``."""
+    ttls = [r.resolve_chaining().minimum_ttl for r in responses if isinstance(r, dns.message.QueryMessage)]
+    return float(min([*ttls, _MAX_NEGATIVE_TTL]))
