@@ -83,7 +83,10 @@ def validate(policy_path: str) -> None:
               help="Treat DNS list ZONE as answering ANSWER for the host (default 127.0.0.2; repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (SPEC.md section 4).")
 def trace(policy_path: str, address: str, hostname: str | None, listener_name: str | None, zones: tuple[str, ...], as_json: bool) -> None:
-    """Which sender group, entry, policy and behaviour ADDRESS gets, and where it is enforced."""
+    """Which sender group, entry, policy and behaviour ADDRESS gets, and where it is enforced.
+
+    With a reputation block, also the score the --listed answers give (0 when no list lists the
+    host; trace has no failed lookups, so never none)."""
     from netpolicy.model.compiler import compile_listener
     from netpolicy.model.entries import EntryError, address_to_int
     from netpolicy.model.hat import HatIndex, build_groups
@@ -107,7 +110,7 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
         dnslisted=lambda zone, pattern: any(pattern.matches(a) for a in answers.get(zone, ())),
     )
     in_kernel = decision.behavior == "tcprefuse" and compile_listener(policy, listener).refuses(family, value)
-    result = {
+    result: dict[str, object] = {
         "listener": listener.name,
         "address": decision.address,
         "sender_group": decision.sender_group,
@@ -116,6 +119,8 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
         "behavior": decision.behavior,
         "enforced_in": "kernel" if in_kernel else "userland",
     }
+    if decision.scored:
+        result["score"] = decision.score
     if as_json:
         print_json(result)
         return
@@ -125,7 +130,7 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
     console = Console()
     table = Table(show_header=False, box=None)
     for key, value_text in result.items():
-        table.add_row(key.replace("_", " "), str(value_text))
+        table.add_row(key.replace("_", " "), "none" if value_text is None else str(value_text))
     console.print(table)
 
 
@@ -278,12 +283,16 @@ def flush_cmd(backend_name: str) -> None:
 @click.option("--address", default="127.0.0.1", show_default=True, help="Listener address.")
 @click.option("--port", default=2525, show_default=True, type=int, help="Listener port.")
 @click.option("--hostname", default="localhost", show_default=True, help="Listener host name (banners).")
-def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hostname: str) -> None:
+@click.option("--geoip-database", metavar="PATH",
+              help="Country database (MaxMind DB) for the export's country entries [default: where geoipupdate puts GeoLite2-Country].")
+def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hostname: str, geoip_database: str | None) -> None:
     """Convert an appliance HAT export (EXPORT, or - for stdin) into a policy file on stdout."""
     from netpolicy.model.hat_import import import_hat
 
     try:
-        click.echo(import_hat(export.read(), export.name, listener_name, address=address, port=port, hostname=hostname), nl=False)
+        text = import_hat(export.read(), export.name, listener_name, address=address, port=port, hostname=hostname,
+                          geoip_database=geoip_database)
+        click.echo(text, nl=False)
     except ValueError as exc:  # HatImportError carries file:line
         click.echo(str(exc), err=True)
         sys.exit(1)

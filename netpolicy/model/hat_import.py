@@ -20,28 +20,38 @@ Policy blocks come first, then sender groups (``NAME:``, one entry per line, end
 
 The importer is deliberately strict: an operator migrates a gateway's access policy with it, so a
 line it cannot translate is an error naming that line, never something quietly left out. What
-the appliance has and netpolicy does not (SenderBase reputation entries, anti-spam switches...)
-is carried into the YAML as comments next to where it was, so the operator sees what changed.
+the appliance has and netpolicy does not (anti-spam switches...) is carried into the YAML as
+comments next to where it was, so the operator sees what changed.
+
+SenderBase reputation entries (``sbrs[-10.0:-3.0]``, ``sbrs[none]``) become ``score[...]``
+entries in the same place: dropping them would let through what the appliance blocked (its
+default BLACKLIST is nothing but ``sbrs[-10.0:-3.0]``). netpolicy's score comes from DNS lists
+the operator chooses, so the policy gets a ``reputation`` block of well-known lists marked EDIT,
+and each range those lists cannot reach says so. Country entries (``country[us,cn]``) become
+``country[US,CN]`` and need a country database, named in a ``geoip`` block marked EDIT.
 The result is checked with :func:`parse_policy` before it is returned.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
 from pydantic import ValidationError
 
-from netpolicy.model.entries import AllEntry, EntryError, parse_entry
+from netpolicy.model.entries import AllEntry, CountryEntry, EntryError, ListFileEntry, ScoreEntry, parse_entry
 from netpolicy.model.loader import PolicyError, parse_policy
-from netpolicy.model.policy import MailFlowPolicy, PolicyParams
+from netpolicy.model.policy import MailFlowPolicy, PolicyParams, Reputation, ReputationSource
+from netpolicy.model.reputation import reputation_score
 from netpolicy.model.yamltree import tag_resolver
 
-__all__ = ["DEFAULT_LISTENER_DEFAULTS", "HatImportError", "import_hat"]
+__all__ = ["DEFAULT_GEOIP_DATABASE", "DEFAULT_LISTENER_DEFAULTS", "REPUTATION_SOURCES", "HatImportError", "import_hat"]
 
 # The export does not carry the listener's "Default Policy Parameters" (what "Use Default"
 # means on the appliance), so the imported listener gets the values of SPEC.md's example.
@@ -51,6 +61,16 @@ DEFAULT_LISTENER_DEFAULTS: Mapping[str, int] = {
     "max_message_size": 10485760,
     "max_concurrency": 50,
 }
+
+# The reputation block an imported policy starts from: SPEC.md's example lists, for the operator
+# to replace or confirm (dnslist, answer pattern or None for the default listing range, weight).
+REPUTATION_SOURCES: Sequence[tuple[str, str | None, float]] = (
+    ("zen.spamhaus.org", "127.0.0.[2..11]", -6.0),
+    ("bl.spamcop.net", None, -3.0),
+    ("list.dnswl.org", "127.0.[0..255].[1..3]", 4.0),
+)
+# Where geoipupdate writes MaxMind's free country database on Debian.
+DEFAULT_GEOIP_DATABASE = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
 
 _BEHAVIORS = {"ACCEPT": "accept", "REJECT": "reject", "TCPREFUSE": "tcprefuse", "RELAY": "relay", "CONTINUE": "continue"}
 
@@ -84,8 +104,9 @@ _TLS = {"off": "off", "on": "preferred", "preferred": "preferred", "required": "
 _TLS_VERIFY = {"on_verify": "preferred", "preferred_verify": "preferred", "required_verify": "required"}
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
-# Sender-group entries the appliance has and netpolicy cannot decide (reputation scores).
-_REPUTATION_RE = re.compile(r"^(sbrs|ipr)\[[^\]]*\]$", re.IGNORECASE)
+# The appliance's SenderBase reputation entries: sbrs[LOW:HIGH] or sbrs[none] (ipr[...] is the
+# same score under its older IronPort name).
+_REPUTATION_RE = re.compile(r"^(?:sbrs|ipr)\[(?P<range>[^\]]*)\]$", re.IGNORECASE)
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _GROUP_HEADER_RE = re.compile(rf"^({_NAME}):$")
 _POLICY_REF_RE = re.compile(rf"^\$({_NAME})(?:\s+\((?P<comment>.*)\))?$")
@@ -131,8 +152,8 @@ class _Row:
     line: int  # where the policy is named, for unknown-policy errors
     comment: str | None
     entries: list[str] = field(default_factory=list)
-    # (position among entries, comment text): entries kept as comments, in their export place.
-    dropped: list[tuple[int, str]] = field(default_factory=list)
+    # (position among entries, comment text): comments put above the entry at that position.
+    notes: list[tuple[int, str]] = field(default_factory=list)
 
 
 class _Lines:
@@ -162,6 +183,8 @@ class _Importer:
         self.group_names: set[str] = set()
         self.param_lines: dict[str, dict[str, int]] = {}  # policy -> netpolicy key -> export line
         self.all_seen = False
+        self.score_lines: list[int] = []  # export lines of sbrs[...] entries
+        self.country_lines: list[int] = []  # export lines of country[...] entries
 
     def fail(self, line: int, message: str) -> HatImportError:
         return HatImportError(line, message, self.source)
@@ -211,7 +234,7 @@ class _Importer:
     def _sender_group(self, line: int, name: str) -> None:
         self._claim_group(line, name)
         entries: list[str] = []
-        dropped: list[tuple[int, str]] = []
+        notes: list[tuple[int, str]] = []
         while True:
             item = self.lines.next()
             if item is None:
@@ -221,15 +244,13 @@ class _Importer:
                 raise self.fail(entry_line, f"sender group {name} (line {line}) ends without its $POLICY line")
             if text.startswith("$") or text.partition(" ")[0].upper() in _BEHAVIORS:
                 policy, comment = self._policy_spec(name, entry_line, text)
-                self.rows.append(_Row(name, policy, entry_line, comment, entries, dropped))
+                self.rows.append(_Row(name, policy, entry_line, comment, entries, notes))
                 return
-            for part in (p.strip() for p in text.split(",")):
-                if not part:
-                    continue
-                if _REPUTATION_RE.match(part):
-                    dropped.append((len(entries), f"{part} (SenderBase reputation, line {entry_line}: netpolicy has no reputation service; not imported)"))
-                else:
-                    entries.append(self._entry(entry_line, part))
+            for part in _split_entries(text):
+                entry, note = self._entry(entry_line, part)
+                if note:
+                    notes.append((len(entries), note))
+                entries.append(entry)
 
     def _all_row(self, line: int, rest: str) -> None:
         if not rest:
@@ -250,13 +271,11 @@ class _Importer:
                 f"cannot read {text!r}: expected a policy ($NAME BEHAVIOUR {{...}}), a sender group (NAME:), "
                 "an inline row (ENTRY BEHAVIOUR or ENTRY $POLICY) or ALL $POLICY",
             )
-        if _REPUTATION_RE.match(entry_text):
-            raise self.fail(line, f"{entry_text}: SenderBase reputation rows cannot be imported (netpolicy has no reputation service)")
-        entry = self._entry(line, entry_text)
+        entry, note = self._entry(line, entry_text)
         group = self._unique(self.group_names, "INLINE_" + (re.sub(r"[^A-Za-z0-9]+", "_", entry).strip("_").upper() or "ROW"))
         self._claim_group(line, group)
         policy, comment = self._policy_spec(group, line, rest)
-        self.rows.append(_Row(group, policy, line, comment or f"inline row {text!r}", [entry]))
+        self.rows.append(_Row(group, policy, line, comment or f"inline row {text!r}", [entry], [(0, note)] if note else []))
 
     # ---- pieces ----------------------------------------------------------------------------
 
@@ -272,14 +291,44 @@ class _Importer:
             name, n = f"{base}_{n}", n + 1
         return name
 
-    def _entry(self, line: int, text: str) -> str:
+    def _entry(self, line: int, text: str) -> tuple[str, str | None]:
+        """The netpolicy entry for one export entry, and a comment to put above it (or None)."""
+        if m := _REPUTATION_RE.match(text):
+            return self._score(line, text, m["range"])
         try:
             parsed = parse_entry(text)
         except EntryError as exc:
             raise self.fail(line, str(exc)) from None
         if isinstance(parsed, AllEntry):
             raise self.fail(line, "ALL is only valid as the last HAT row (ALL $POLICY), not as a sender-group entry")
-        return parsed.text
+        if isinstance(parsed, ScoreEntry):
+            raise self.fail(line, f"{text!r}: the appliance writes reputation ranges as sbrs[LOW:HIGH] or sbrs[none]")
+        if isinstance(parsed, ListFileEntry):
+            raise self.fail(line, f"{text!r}: file: lists are netpolicy's own entries, not an appliance's")
+        if isinstance(parsed, CountryEntry):
+            self.country_lines.append(line)
+            return f"country[{','.join(parsed.codes)}]", None
+        return parsed.text, None
+
+    def _score(self, line: int, text: str, body: str) -> tuple[str, str | None]:
+        """``sbrs[LOW:HIGH]`` -> ``score[LOW:HIGH]``, ``sbrs[none]`` -> ``score[none]``, with a
+        comment where netpolicy's score means something else or cannot reach the range."""
+        body = "".join(body.split())
+        try:
+            entry = parse_entry("score[none]" if body.lower() == "none" else f"score[{body}]")
+        except EntryError:
+            raise self.fail(line, f"{text!r} is not sbrs[LOW:HIGH] (from -10 to 10, upwards) or sbrs[none]") from None
+        assert isinstance(entry, ScoreEntry)
+        self.score_lines.append(line)
+        if entry.low is None or entry.high is None:
+            return entry.text, (
+                f"{text} (line {line}): on the appliance, SenderBase knew nothing of the host; "
+                "score[none] matches when every reputation source failed or timed out"
+            )
+        if not any(entry.low <= score <= entry.high for score in _REACHABLE_SCORES):
+            low, high = min(_REACHABLE_SCORES), max(_REACHABLE_SCORES)
+            return entry.text, f"EDIT: {text} (line {line}): the sources below only add up to {low}..{high}: change their weights"
+        return entry.text, None
 
     def _policy_spec(self, row_name: str, line: int, text: str) -> tuple[str, str | None]:
         """``$NAME (comment)`` names a policy; ``BEHAVIOUR [{...}]`` defines one for this row."""
@@ -408,6 +457,34 @@ class _Unlimited:
 _UNLIMITED = _Unlimited()
 
 
+def _placeholder_reputation() -> Reputation:
+    return Reputation(sources=[ReputationSource(dnslist=zone, answers=answers, weight=weight)
+                               for zone, answers, weight in REPUTATION_SOURCES])
+
+
+def _reachable_scores() -> frozenset[float]:
+    """Every score the imported reputation block can give: one for each set of listing sources."""
+    reputation = _placeholder_reputation()
+    zones = [source.dnslist for source in reputation.sources]
+    scores: set[float] = set()
+    for n in range(len(zones) + 1):
+        for listing in itertools.combinations(zones, n):
+            listed = set(listing)
+            score = reputation_score(reputation, lambda zone, _pattern: zone in listed)  # noqa: B023 (called here)
+            if score is not None:
+                scores.add(score)
+    return frozenset(scores)
+
+
+_REACHABLE_SCORES = _reachable_scores()
+
+
+def _split_entries(text: str) -> list[str]:
+    """A line's entries: separated by commas, except inside brackets (``country[us, cn]``)."""
+    parts = re.findall(r"(?:\[[^\]]*\]?|[^,\[])+", text)  # an unclosed [ takes the rest: one bad entry
+    return [part.strip() for part in parts if part.strip()]
+
+
 def _unquote(raw: str) -> str:
     return re.sub(r'\\(["\\])', r"\1", raw[1:-1])
 
@@ -443,17 +520,27 @@ def import_hat(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     defaults: Mapping[str, object] | None = None,
+    geoip_database: str | None = None,
 ) -> str:
     """Translate the text of an appliance HAT export into a commented netpolicy policy file.
 
     ``source`` names the export in error messages. The listener fields describe the one listener
     the export becomes (an export is one listener's HAT). ``defaults`` are the listener's "Use
     Default" values; the export does not carry them, so :data:`DEFAULT_LISTENER_DEFAULTS` is used
-    when not given. Raises :class:`HatImportError` naming the export line of anything it cannot
-    translate, and ``ValueError`` when the listener arguments make an invalid policy.
+    when not given. ``geoip_database`` is the country database ``country[...]`` entries are read
+    from (:data:`DEFAULT_GEOIP_DATABASE` when not given); it must exist when the export has any,
+    since the policy does not validate without it.
+    Raises :class:`HatImportError` naming the export line of anything it cannot translate, and
+    ``ValueError`` when the listener arguments make an invalid policy.
     """
     importer = _Importer(text, source)
     importer.run()
+    geoip_database = geoip_database or DEFAULT_GEOIP_DATABASE
+    if importer.country_lines and not os.path.isfile(geoip_database):
+        raise ValueError(
+            f"{source}:{importer.country_lines[0]}: country entries need a country database in MaxMind DB format, "
+            f"and {geoip_database} is not a file: give its path (import-hat --geoip-database PATH; README says where to get one)"
+        )
     listener_defaults = dict(DEFAULT_LISTENER_DEFAULTS if defaults is None else defaults)
     try:
         PolicyParams.model_validate(listener_defaults)
@@ -488,6 +575,7 @@ def import_hat(
         tls_key=tls_key,
         tls_placeholder=tls_placeholder,
         defaults=listener_defaults,
+        geoip_database=os.path.abspath(geoip_database),
     )
     try:
         parse_policy(out, f"{source} (imported)")
@@ -511,6 +599,7 @@ def _render(
     tls_key: str | None,
     tls_placeholder: bool,
     defaults: Mapping[str, object],
+    geoip_database: str,
 ) -> str:
     out: list[str] = [
         f"# Imported from the appliance HAT export {importer.source} by `netpolicy import-hat`.",
@@ -556,17 +645,15 @@ def _render(
     for row in groups:
         key = _scalar(row.group)
         if not row.entries:
-            out += [f"  # {text}" for _, text in row.dropped]
             out.append(f"  {key}: []")
             continue
         out.append(f"  {key}:")
-        dropped: dict[int, list[str]] = {}
-        for position, text in row.dropped:
-            dropped.setdefault(position, []).append(text)
+        notes: dict[int, list[str]] = {}
+        for position, text in row.notes:
+            notes.setdefault(position, []).append(text)
         for i, entry in enumerate(row.entries):
-            out += [f"    # {text}" for text in dropped.get(i, [])]
+            out += [f"    # {text}" for text in notes.get(i, [])]
             out.append(f"    - {_scalar(entry)}")
-        out += [f"    # {text}" for text in dropped.get(len(row.entries), [])]
 
     out.append("mail_flow_policies:")
     for policy in importer.policies.values():
@@ -582,7 +669,36 @@ def _render(
         if policy.notes:
             out.append("    # from the export, not imported:")
             out += [f"    #   {_one_line(note)}" for note in policy.notes]
+    if importer.score_lines:
+        out += _reputation_block(importer.score_lines)
+    if importer.country_lines:
+        out += [
+            f"# EDIT: the country entries (export line {importer.country_lines[0]} and on) are looked up in this",
+            "# database: MaxMind's GeoLite2-Country.mmdb (free account, kept fresh by geoipupdate) or DB-IP's",
+            "# free IP-to-Country Lite mmdb. A stale database puts addresses in the wrong country.",
+            "geoip:",
+            f"  database: {_scalar(geoip_database)}",
+        ]
     return "\n".join(out) + "\n"
+
+
+def _reputation_block(score_lines: list[int]) -> list[str]:
+    """The ``reputation`` block for the score entries: lists to choose, marked EDIT."""
+    out = [
+        f"# EDIT: the appliance scored hosts with SenderBase (sbrs[...], export line {score_lines[0]} and on);",
+        "# netpolicy scores them from DNS lists: the sum of the weights of the lists that list the host,",
+        "# clamped to -10..10, 0 when none does, none when every lookup failed. These lists are a",
+        "# starting point: choose your own and check each one's terms of use before you query it",
+        "# (Spamhaus's free use is for low volumes and refuses queries through public resolvers; SpamCop",
+        "# and DNSWL have their own). Then check each group's score range against these weights.",
+        "reputation:",
+        "  timeout: 2.0   # seconds for all lookups of one connection together",
+        "  sources:",
+    ]
+    for zone, answers, weight in REPUTATION_SOURCES:
+        pattern = f", answers: {json.dumps(answers)}" if answers is not None else ""
+        out.append(f"    - {{dnslist: {zone}{pattern}, weight: {weight:g}}}   # EDIT")
+    return out
 
 
 def _value(value: object) -> str:

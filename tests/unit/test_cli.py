@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from netpolicy.cli import cli
+from tests.support.geoip import country_database
 
 EXAMPLE = str(Path(__file__).parents[2] / "examples" / "policy.yml")
 
@@ -57,6 +58,45 @@ def test_trace_listed_reads_the_answer_given() -> None:
         assert code == 0 and json.loads(out)["sender_group"] == group, (option, answer)
 
 
+# The example policy with score rows and a reputation block of four lists (-6, -3, +4, -8).
+REPUTATION = """\
+reputation:
+  sources:
+    - {dnslist: zen.spamhaus.org, answers: "127.0.0.[2..11]", weight: -6}
+    - {dnslist: bl.spamcop.net, weight: -3}
+    - {dnslist: list.dnswl.org, answers: "127.0.[0..255].[1..3]", weight: 4}
+    - {dnslist: b.barracudacentral.org, weight: -8}
+"""
+
+
+def scored_policy(tmp_path: Path) -> str:
+    text = Path(EXAMPLE).read_text()
+    text = text.replace("  BLACKLIST: [127.0.0.66,", '  BLACKLIST: ["score[-10:-3]", 127.0.0.66,')
+    text = text.replace("  SUSPECTLIST: [127.0.0.88,", '  SUSPECTLIST: ["score[-2.5:-1]", 127.0.0.88,')
+    assert text.count("score[") == 2
+    path = tmp_path / "scored.yml"
+    path.write_text(text + REPUTATION)
+    return str(path)
+
+
+def test_trace_scores_the_listed_answers(tmp_path: Path) -> None:
+    policy = scored_policy(tmp_path)
+    for listed, score, group in [
+        ((), 0.0, "ALL"),  # nothing lists it: 0, and trace has no failed lookups, so never none
+        (("zen.spamhaus.org=127.0.0.4",), -6.0, "BLACKLIST"),
+        (("zen.spamhaus.org=127.255.255.254",), 0.0, "ALL"),  # Spamhaus's error answer is not a listing
+        (("zen.spamhaus.org=127.0.0.4", "list.dnswl.org=127.0.10.2"), -2.0, "SUSPECTLIST"),
+        (("bl.spamcop.net", "list.dnswl.org=127.0.10.3"), 1.0, "ALL"),
+        (("zen.spamhaus.org=127.0.0.2", "bl.spamcop.net", "b.barracudacentral.org"), -10.0, "BLACKLIST"),  # -17 clamped
+    ]:
+        args = [arg for zone in listed for arg in ("--listed", zone)]
+        code, out, _ = run("trace", "-p", policy, "203.0.113.200", "--json", *args)
+        result = json.loads(out)
+        assert code == 0 and (result["score"], result["sender_group"]) == (score, group), listed
+    code, out, _ = run("trace", "-p", policy, "203.0.113.200", "--listed", "zen.spamhaus.org=127.0.0.4")
+    assert code == 0 and any(line.split() == ["score", "-6.0"] for line in out.splitlines())
+
+
 def test_trace_human_output_and_bad_input() -> None:
     code, out, _ = run("trace", "-p", EXAMPLE, "127.0.0.77")
     assert code == 0 and "REJECTLIST" in out and "reject" in out
@@ -97,6 +137,24 @@ def test_import_hat_writes_a_policy_that_validates(tmp_path: Path) -> None:
     assert code == 0
     code, out, _ = run("trace", "-p", str(policy_file), "203.0.113.9", "--json")
     assert json.loads(out)["behavior"] == "tcprefuse"
+    # The export's sbrs[-10.0:-3.0] BLACKLIST, scored by the imported reputation block.
+    code, out, _ = run("trace", "-p", str(policy_file), "8.8.4.4", "--listed", "zen.spamhaus.org=127.0.0.3", "--json")
+    assert (json.loads(out)["sender_group"], json.loads(out)["match"], json.loads(out)["score"]) == ("BLACKLIST", "score[-10.0:-3.0]", -6.0)
+
+
+def test_import_hat_country_entries_read_the_database_given(tmp_path: Path) -> None:
+    export = tmp_path / "hat.txt"
+    export.write_text("$BLOCKED\n    TCPREFUSE {}\nFOREIGN:\n    country[ru]\n    $BLOCKED\nALL $BLOCKED\n")
+    missing = tmp_path / "GeoLite2-Country.mmdb"
+    code, _, err = run("import-hat", str(export), "--geoip-database", str(missing))
+    assert code == 1 and err.startswith(f"{export}:4: ") and "country database" in err
+    database = country_database(missing, {"RU": ["198.51.100.0/24"]})
+    code, out, _ = run("import-hat", str(export), "--geoip-database", str(database))
+    assert code == 0 and f"database: {database}" in out
+    policy_file = tmp_path / "imported.yml"
+    policy_file.write_text(out)
+    code, _, _ = run("validate", "-p", str(policy_file))
+    assert code == 0
 
 
 def test_import_hat_error_names_the_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import yaml
 from netpolicy.model import Policy, parse_policy
 from netpolicy.model.hat import HatIndex, build_hat_indexes
 from netpolicy.model.hat_import import HatImportError, import_hat
+from tests.support.geoip import country_database
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "hat_export.txt"
 
@@ -50,48 +51,59 @@ def test_sample_keeps_the_hat_order_of_the_export() -> None:
         ("BLACKLIST", "BLOCKED"),
         ("REJECTLIST", "REJECTED"),
         ("SUSPECTLIST", "THROTTLED"),
-        ("UNKNOWNLIST", "ACCEPTED"),
         ("INLINE_SPAMDOMAIN_COM", "INLINE_SPAMDOMAIN_COM"),
         ("INLINE_203_0_113", "INLINE_203_0_113"),
+        ("UNKNOWNLIST", "ACCEPTED"),
         ("ALL", "ACCEPTED"),
     ]
-    # Entries are copied as text, in the export's order; reputation entries are not entries.
+    # Entries are copied as text, in the export's order; SenderBase ranges become score ranges.
     assert [e.text for e in policy.sender_groups["WHITELIST"]] == [
         "203.0.113.25",
         "2001:db8:1::25",
         "198.51.100.10-20",
         "mail.partner.example",
         ".trusted-partner.example",
+        "score[8.0:10.0]",
     ]
-    assert [e.text for e in policy.sender_groups["SUSPECTLIST"]] == ["dnslist[bl.example.net]", "198.51.100."]
-    assert policy.sender_groups["UNKNOWNLIST"] == []
+    assert [e.text for e in policy.sender_groups["BLACKLIST"]] == ["score[-10.0:-3.0]", "192.0.2.0/24", "2001:db8:bad::/48"]
+    assert [e.text for e in policy.sender_groups["SUSPECTLIST"]] == ["score[-3.0:-1.0]", "dnslist[bl.example.net]", "198.51.100."]
+    assert [e.text for e in policy.sender_groups["UNKNOWNLIST"]] == ["score[-1.0:8.0]", "score[none]"]
+
+
+ZEN, SPAMCOP, DNSWL = "zen.spamhaus.org", "bl.spamcop.net", "list.dnswl.org"
 
 
 @pytest.mark.parametrize(
     ("address", "hostname", "listed", "group", "match", "behavior"),
     [
-        ("10.20.7.9", None, False, "RELAYLIST", "10.20.0.0/16", "relay"),  # CIDR
-        ("192.168.10.44", None, False, "RELAYLIST", "192.168.10.", "relay"),  # partial address
-        ("203.0.113.25", None, False, "WHITELIST", "203.0.113.25", "accept"),  # before the inline 203.0.113. row
-        ("2001:db8:1::25", None, False, "WHITELIST", "2001:db8:1::25", "accept"),
-        ("198.51.100.15", None, False, "WHITELIST", "198.51.100.10-20", "accept"),  # last-octet range
-        ("198.51.100.21", None, False, "SUSPECTLIST", "198.51.100.", "accept"),  # just past the range
-        ("8.8.4.4", "mail.partner.example", False, "WHITELIST", "mail.partner.example", "accept"),
-        ("8.8.4.4", "mx2.trusted-partner.example", False, "WHITELIST", ".trusted-partner.example", "accept"),
-        ("192.0.2.10", None, False, "BLACKLIST", "192.0.2.0/24", "reject"),  # WATCHLIST CONTINUEs past it
-        ("2001:db8:bad::1", None, False, "BLACKLIST", "2001:db8:bad::/48", "reject"),
-        ("172.16.6.1", None, False, "REJECTLIST", "172.16.5.1-172.16.6.255", "reject"),  # full range
-        ("8.8.4.4", "out.bulk-sender.example", False, "REJECTLIST", ".bulk-sender.example", "reject"),
-        ("8.8.4.4", None, True, "SUSPECTLIST", "dnslist[bl.example.net]", "accept"),
-        ("8.8.4.4", "a.b.spamdomain.com", False, "INLINE_SPAMDOMAIN_COM", ".spamdomain.com", "reject"),
-        ("203.0.113.99", None, False, "INLINE_203_0_113", "203.0.113.", "tcprefuse"),
-        ("8.8.4.4", "mail.elsewhere.example", False, "ALL", "ALL", "accept"),
+        ("10.20.7.9", None, (), "RELAYLIST", "10.20.0.0/16", "relay"),  # CIDR
+        ("10.20.7.9", None, (ZEN,), "RELAYLIST", "10.20.0.0/16", "relay"),  # an address row above any score
+        ("192.168.10.44", None, (), "RELAYLIST", "192.168.10.", "relay"),  # partial address
+        ("203.0.113.25", None, (), "WHITELIST", "203.0.113.25", "accept"),  # before the inline 203.0.113. row
+        ("2001:db8:1::25", None, (), "WHITELIST", "2001:db8:1::25", "accept"),
+        ("198.51.100.15", None, (), "WHITELIST", "198.51.100.10-20", "accept"),  # last-octet range
+        ("198.51.100.21", None, (), "SUSPECTLIST", "198.51.100.", "accept"),  # just past the range
+        ("8.8.4.4", "mail.partner.example", (), "WHITELIST", "mail.partner.example", "accept"),
+        ("8.8.4.4", "mx2.trusted-partner.example", (), "WHITELIST", ".trusted-partner.example", "accept"),
+        ("192.0.2.10", None, (), "BLACKLIST", "192.0.2.0/24", "reject"),  # WATCHLIST CONTINUEs past it
+        ("2001:db8:bad::1", None, (), "BLACKLIST", "2001:db8:bad::/48", "reject"),
+        ("172.16.6.1", None, (), "REJECTLIST", "172.16.5.1-172.16.6.255", "reject"),  # full range
+        ("8.8.4.4", "out.bulk-sender.example", (), "REJECTLIST", ".bulk-sender.example", "reject"),
+        ("8.8.4.4", None, ("bl.example.net",), "SUSPECTLIST", "dnslist[bl.example.net]", "accept"),
+        ("8.8.4.4", "a.b.spamdomain.com", (), "INLINE_SPAMDOMAIN_COM", ".spamdomain.com", "reject"),
+        ("203.0.113.99", None, (), "INLINE_203_0_113", "203.0.113.", "tcprefuse"),
+        # Scores from the imported reputation block: zen -6, spamcop -3, dnswl +4; 0 when unlisted.
+        ("8.8.4.4", "mail.elsewhere.example", (), "UNKNOWNLIST", "score[-1.0:8.0]", "accept"),
+        ("8.8.4.4", None, (ZEN,), "BLACKLIST", "score[-10.0:-3.0]", "reject"),
+        ("8.8.4.4", None, (SPAMCOP,), "BLACKLIST", "score[-10.0:-3.0]", "reject"),  # -3: both ends included
+        ("8.8.4.4", None, (ZEN, DNSWL), "SUSPECTLIST", "score[-3.0:-1.0]", "accept"),  # -2
+        ("8.8.4.4", None, (DNSWL,), "UNKNOWNLIST", "score[-1.0:8.0]", "accept"),  # 4
     ],
 )
 def test_sample_decides_like_the_export(
-    address: str, hostname: str | None, listed: bool, group: str, match: str, behavior: str
+    address: str, hostname: str | None, listed: tuple[str, ...], group: str, match: str, behavior: str
 ) -> None:
-    decision = hat_of(imported(sample_text())).decide(address, hostname=hostname, dnslisted=lambda zone, pattern: listed and zone == "bl.example.net")
+    decision = hat_of(imported(sample_text())).decide(address, hostname=hostname, dnslisted=lambda zone, pattern: zone in listed)
     assert (decision.sender_group, decision.match, decision.behavior) == (group, match, behavior)
 
 
@@ -113,7 +125,7 @@ def test_sample_parameters_are_mapped() -> None:
     assert (accepted.name, accepted.max_msgs_per_session, accepted.max_message_size) == ("ACCEPTED", 1000, 10485760)
 
 
-def test_sample_unknown_parameters_and_reputation_entries_are_comments() -> None:
+def test_sample_unknown_parameters_are_comments() -> None:
     text = sample_text()
     out = import_hat(text, source="hat_export.txt")
     comments = [line.strip() for line in out.splitlines() if line.strip().startswith("#")]
@@ -125,13 +137,43 @@ def test_sample_unknown_parameters_and_reputation_entries_are_comments() -> None
         line = export_line(text, needle)
         assert any(needle in c and f"line {line}" in c for c in comments), name
     assert sum("virus_check" in c for c in comments) == 3  # TRUSTED, THROTTLED, RELAYED
-    for reputation in ["sbrs[8.0:10.0]", "sbrs[-10.0:-3.0]", "sbrs[-3.0:-1.0]", "sbrs[-1.0:8.0]", "sbrs[none]"]:
-        assert any(c.startswith(f"# {reputation} ") for c in comments), reputation
     # Comments only: no unknown key reaches the data.
     data = yaml.safe_load(out)
     assert set(data["mail_flow_policies"]["TRUSTED"]) == {
         "behavior", "tls", "max_msgs_per_session", "max_message_size", "max_rcpts_per_msg", "max_concurrency",
     }
+
+
+def test_sample_gets_a_reputation_block_to_review() -> None:
+    text = sample_text()
+    out = import_hat(text)
+    reputation = parse_policy(out).reputation
+    assert reputation is not None and reputation.timeout == 2.0
+    assert [(s.dnslist, s.answers, s.weight) for s in reputation.sources] == [
+        ("zen.spamhaus.org", "127.0.0.[2..11]", -6.0),
+        ("bl.spamcop.net", None, -3.0),
+        ("list.dnswl.org", "127.0.[0..255].[1..3]", 4.0),
+    ]
+    lines = out.splitlines()
+    start = lines.index("reputation:")
+    intro = " ".join(line for line in lines[:start] if line.startswith("# ")).split("# EDIT: the appliance scored")[1]
+    assert "terms of use" in intro and "choose your own" in intro and f"export line {export_line(text, 'sbrs[')}" in intro
+    assert all(line.endswith("# EDIT") for line in lines[start + 3 :])
+
+
+def test_sample_score_notes_say_where_netpolicy_differs() -> None:
+    text = sample_text()
+    lines = import_hat(text).splitlines()
+
+    def note_above(entry: str) -> str:
+        return lines[lines.index(f"    - {entry}") - 1]
+
+    # The imported weights add up to -9..4: nothing reaches the WHITELIST's 8..10, and it says so.
+    unreachable = note_above("score[8.0:10.0]")
+    assert unreachable.startswith("    # EDIT: sbrs[8.0:10.0]") and f"line {export_line(text, 'sbrs[8.0')}" in unreachable
+    assert "-9.0..4.0" in unreachable
+    assert "failed or timed out" in note_above("score[none]") and "SenderBase knew nothing" in note_above("score[none]")
+    assert not note_above("score[-10.0:-3.0]").lstrip().startswith("#")  # reachable: no note
 
 
 def test_sample_comment_of_the_unknown_parameter_sits_with_its_policy() -> None:
@@ -229,6 +271,49 @@ def test_tls_policies_get_a_certificate_to_fill_in() -> None:
     assert hat_of(given).decide("1.2.3.4").policy.tls == "preferred"
 
 
+def test_inline_reputation_rows_and_the_no_score_row() -> None:
+    policy = imported("$ACCEPTED\n    ACCEPT {}\nsbrs[-10:-3] TCPREFUSE\nsbrs[NONE] REJECT\nALL $ACCEPTED\n")
+    hat = hat_of(policy)
+    assert [row.group for row in policy.listener("IncomingMail").hat] == ["INLINE_SCORE_10_3", "INLINE_SCORE_NONE", "ALL"]
+    assert hat.decide("8.8.8.8", dnslisted=lambda zone, pattern: zone == ZEN).behavior == "tcprefuse"
+    assert hat.decide("8.8.8.8").behavior == "accept"  # score 0
+    # Every source failed: the score is none, which only the sbrs[none] row matches.
+    walk = hat.walk("8.8.8.8")
+    next(walk)  # NeedScore
+    with pytest.raises(StopIteration) as stop:
+        walk.send(None)
+    assert (stop.value.value.sender_group, stop.value.value.behavior) == ("INLINE_SCORE_NONE", "reject")
+
+
+def test_no_reputation_or_geoip_block_without_such_entries() -> None:
+    data = yaml.safe_load(import_hat("$ACCEPTED\n    ACCEPT {}\nG:\n    10.1.1.1, dnslist[bl.example.net]\n    $ACCEPTED\nALL $ACCEPTED\n"))
+    assert "reputation" not in data and "geoip" not in data
+
+
+COUNTRIES = {"CN": ["198.51.100.0/24"], "RU": ["2001:db8:c::/48"]}
+COUNTRY_EXPORT = "$ACCEPTED\n    ACCEPT {}\n$BLOCKED\n    TCPREFUSE {}\nFOREIGN:\n    country[cn, ru], 10.9.9.9\n    $BLOCKED\nALL $ACCEPTED\n"
+
+
+def test_country_entries_get_upper_case_codes_and_a_geoip_block(tmp_path: Path) -> None:
+    database = country_database(tmp_path / "country.mmdb", COUNTRIES)
+    out = import_hat(COUNTRY_EXPORT, geoip_database=str(database))
+    policy = parse_policy(out)
+    assert [e.text for e in policy.sender_groups["FOREIGN"]] == ["country[CN,RU]", "10.9.9.9"]
+    assert policy.geoip is not None and str(policy.geoip.database) == str(database)
+    lines = out.splitlines()
+    intro = " ".join(lines[lines.index("geoip:") - 3 : lines.index("geoip:")])
+    assert intro.startswith("# EDIT") and "GeoLite2-Country.mmdb" in intro and "geoipupdate" in intro and "DB-IP" in intro
+    assert "reputation" not in yaml.safe_load(out)
+
+
+def test_country_entries_need_the_database(tmp_path: Path) -> None:
+    missing = tmp_path / "GeoLite2-Country.mmdb"
+    with pytest.raises(ValueError, match="country database") as info:
+        import_hat(COUNTRY_EXPORT, source="hat.txt", geoip_database=str(missing))
+    assert not isinstance(info.value, HatImportError)
+    assert str(info.value).startswith("hat.txt:6: ") and str(missing) in str(info.value)
+
+
 def test_names_yaml_would_misread_are_quoted() -> None:
     policy = imported("$ON\n  ACCEPT {}\nNO:\n  10.\n  $ON\nALL $ON\n")
     assert list(policy.sender_groups) == ["NO"] and [e.text for e in policy.sender_groups["NO"]] == ["10."]
@@ -258,8 +343,13 @@ GOOD_HEAD = "$ACCEPTED\n    ACCEPT {}\n"
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency 5\nALL $ACCEPTED\n", "max_concurrency 5", "expected key = value"),
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency = 5\n", "ACCEPT {\n        max_concurrency", "is not closed"),
         (GOOD_HEAD + "this is not a HAT line\nALL $ACCEPTED\n", "this is not", "cannot read"),
-        (GOOD_HEAD + "sbrs[-10.0:-3.0] REJECT\nALL $ACCEPTED\n", "sbrs[", "reputation rows cannot be imported"),
-        (GOOD_HEAD + "G:\n    country[us]\n    $ACCEPTED\nALL $ACCEPTED\n", "country[us]", "is not an address"),
+        (GOOD_HEAD + "sbrs[-11.0:-3.0] REJECT\nALL $ACCEPTED\n", "sbrs[", "is not sbrs[LOW:HIGH]"),
+        (GOOD_HEAD + "G:\n    sbrs[ 3 : 1 ]\n    $ACCEPTED\nALL $ACCEPTED\n", "sbrs[ 3", "is not sbrs[LOW:HIGH]"),
+        (GOOD_HEAD + "G:\n    sbrs[]\n    $ACCEPTED\nALL $ACCEPTED\n", "sbrs[]", "is not sbrs[LOW:HIGH]"),
+        (GOOD_HEAD + "G:\n    score[-1:1]\n    $ACCEPTED\nALL $ACCEPTED\n", "score[", "sbrs[LOW:HIGH] or sbrs[none]"),
+        (GOOD_HEAD + "G:\n    file:lists/drop.txt\n    $ACCEPTED\nALL $ACCEPTED\n", "file:", "netpolicy's own entries"),
+        (GOOD_HEAD + "G:\n    10.1.1.1, country[usa]\n    $ACCEPTED\nALL $ACCEPTED\n", "10.1.1.1, country", "ISO 3166 two-letter codes"),
+        (GOOD_HEAD + "G:\n    country[us, cn\n    $ACCEPTED\nALL $ACCEPTED\n", "country[us, cn", "is not country[CC,...]"),
         (GOOD_HEAD + "G:\n    ALL\n    $ACCEPTED\nALL $ACCEPTED\n", "    ALL", "only valid as the last HAT row"),
         (GOOD_HEAD + "$ACCEPTED (orphan)\nALL $ACCEPTED\n", "(orphan)", "outside a sender group"),
         (GOOD_HEAD + "ALL $ACCEPTED\n10.1.1.1 REJECT\n", "10.1.1.1 REJECT", "nothing may follow the ALL row"),
