@@ -77,9 +77,21 @@ class DnsResolver:
         self._resolver = resolver or dns.asyncresolver.Resolver()
         self._resolver.lifetime = timeout
         self._cache = TtlCache()
+        self._asking: dict[tuple[str, str], asyncio.Task[tuple[list[str] | None, float]]] = {}
         self.unexpected_answers: dict[tuple[str, str], int] = {}  # (zone, answer) -> lookups that met it
 
     async def _query(self, name: str, rdtype: str) -> tuple[list[str] | None, float]:
+        """One question asked once however many connections wait for it: a host that opens ten
+        connections at once costs one query per name, not ten. A caller that stops waiting (a
+        score past its timeout) leaves the question to the others (``shield``)."""
+        key = (name, rdtype)
+        task = self._asking.get(key)
+        if task is None:
+            task = self._asking[key] = asyncio.ensure_future(self._ask(name, rdtype))
+            task.add_done_callback(lambda _: self._asking.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _ask(self, name: str, rdtype: str) -> tuple[list[str] | None, float]:
         """Answer texts and TTL; an empty list for NXDOMAIN or no answer, None (TTL 0) for a
         timeout or failure, which must not be cached or learned as long as a real answer."""
         try:

@@ -85,6 +85,16 @@ async def test_a_cname_chain_on_the_forward_name_confirms_and_its_ttls_count(dns
     assert (fact.value, fact.ttl) == ("alias.example.test", 7.0)
 
 
+async def test_a_ptr_delegated_through_a_cname_rfc_2317(dns_server: DnsServer) -> None:
+    dns_server.load(
+        Zone(REVERSE_V4, [Record(reverse_name(V4), "CNAME", f"10.0-63.{REVERSE_V4}.", 90)]),
+        Zone(f"0-63.{REVERSE_V4}", [Record(f"10.0-63.{REVERSE_V4}", "PTR", "mx.example.test.", 300)]),
+        forward(Record("mx.example.test", "A", V4, 300)),
+    )
+    fact = await dns_server.resolver().verified_hostname(V4)
+    assert (fact.value, fact.ttl) == ("mx.example.test", 90.0)
+
+
 async def test_nxdomain_is_a_negative_answer_held_for_the_soa_minimum(dns_server: DnsServer) -> None:
     dns_server.load(Zone(REVERSE_V4, ptr("192.0.2.200", "x.example.test"), negative_ttl=42))
     resolver = dns_server.resolver()
@@ -144,6 +154,26 @@ async def test_answers_are_cached_for_their_ttl_and_asked_again_after_it(dns_ser
     await asyncio.sleep(1.05)  # the TTL running out is the behaviour under test
     assert [(await resolver.dnslisted(address, zone, pattern)).value for address in (listed, unlisted)] == [True, False]
     assert [dns_server.queries(dnslist_name(address, zone)) for address in (listed, unlisted)] == [2, 2]
+
+
+async def test_connections_at_once_from_one_host_share_each_question(dns_server: DnsServer) -> None:
+    zones = ["bl1.test", "bl2.test"]
+    lists(dns_server, V4, dict.fromkeys(zones, "127.0.0.2"))
+    dns_server.delay(0.3, *(dnslist_name(V4, zone) for zone in zones))  # answers still out while all ask
+    resolver = dns_server.resolver()
+    rep = reputation(*((zone, -2.0, None) for zone in zones))
+    facts = await asyncio.gather(*(resolver.score(V4, rep) for _ in range(10)))
+    assert {fact.value for fact in facts} == {-4.0}
+    assert [dns_server.queries(dnslist_name(V4, zone)) for zone in zones] == [1, 1]
+
+
+async def test_a_question_left_by_a_timed_out_score_serves_the_next_connection(dns_server: DnsServer) -> None:
+    lists(dns_server, V4, {"late.test": "127.0.0.2"})
+    dns_server.delay(0.4, dnslist_name(V4, "late.test"))  # answers after the score gave up: the behaviour under test
+    resolver = dns_server.resolver(timeout=2.0)
+    assert (await resolver.score(V4, reputation(("late.test", -5.0, None), timeout=0.2))).value is None
+    assert (await resolver.score(V4, reputation(("late.test", -5.0, None), timeout=1.0))).value == -5.0
+    assert dns_server.queries(dnslist_name(V4, "late.test")) == 1
 
 
 def lists(dns_server: DnsServer, address: str, answers: dict[str, str]) -> None:
@@ -215,3 +245,10 @@ async def test_ipv6_dns_list_lookups_use_nibbles(dns_server: DnsServer) -> None:
     fact = await dns_server.resolver().score(V6, reputation(("bl6.test", -3.0, None)))
     assert fact.value == -3.0
     assert dns_server.queries(dnslist_name(V6, "bl6.test")) == 1
+
+
+async def test_the_server_answers_long_txt_records_over_tcp(dns_server: DnsServer) -> None:
+    key = "v=DKIM1; k=rsa; p=" + "A" * 400  # longer than one 255-octet character-string
+    dns_server.load(Zone("example.test", [Record("sel._domainkey.example.test", "TXT", key, 60)]))
+    answer = await dns_server.stub().resolve("sel._domainkey.example.test.", "TXT", tcp=True)
+    assert b"".join(answer.rrset[0].strings).decode() == key  # type: ignore[union-attr, attr-defined]
