@@ -11,6 +11,7 @@ from netpolicy.cli import cli
 from tests.support.geoip import country_database
 
 EXAMPLE = str(Path(__file__).parents[2] / "examples" / "policy.yml")
+REPUTATION_EXAMPLE = str(Path(__file__).parents[2] / "examples" / "reputation.yml")
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -58,42 +59,23 @@ def test_trace_listed_reads_the_answer_given() -> None:
         assert code == 0 and json.loads(out)["sender_group"] == group, (option, answer)
 
 
-# The example policy with score rows and a reputation block of four lists (-6, -3, +4, -8).
-REPUTATION = """\
-reputation:
-  sources:
-    - {dnslist: zen.spamhaus.org, answers: "127.0.0.[2..11]", weight: -6}
-    - {dnslist: bl.spamcop.net, weight: -3}
-    - {dnslist: list.dnswl.org, answers: "127.0.[0..255].[1..3]", weight: 4}
-    - {dnslist: b.barracudacentral.org, weight: -8}
-"""
-
-
-def scored_policy(tmp_path: Path) -> str:
-    text = Path(EXAMPLE).read_text()
-    text = text.replace("  BLACKLIST: [127.0.0.66,", '  BLACKLIST: ["score[-10:-3]", 127.0.0.66,')
-    text = text.replace("  SUSPECTLIST: [127.0.0.88,", '  SUSPECTLIST: ["score[-2.5:-1]", 127.0.0.88,')
-    assert text.count("score[") == 2
-    path = tmp_path / "scored.yml"
-    path.write_text(text + REPUTATION)
-    return str(path)
-
-
-def test_trace_scores_the_listed_answers(tmp_path: Path) -> None:
-    policy = scored_policy(tmp_path)
-    for listed, score, group in [
-        ((), 0.0, "ALL"),  # nothing lists it: 0, and trace has no failed lookups, so never none
-        (("zen.spamhaus.org=127.0.0.4",), -6.0, "BLACKLIST"),
-        (("zen.spamhaus.org=127.255.255.254",), 0.0, "ALL"),  # Spamhaus's error answer is not a listing
-        (("zen.spamhaus.org=127.0.0.4", "list.dnswl.org=127.0.10.2"), -2.0, "SUSPECTLIST"),
-        (("bl.spamcop.net", "list.dnswl.org=127.0.10.3"), 1.0, "ALL"),
-        (("zen.spamhaus.org=127.0.0.2", "bl.spamcop.net", "b.barracudacentral.org"), -10.0, "BLACKLIST"),  # -17 clamped
+def test_trace_scores_the_listed_answers() -> None:
+    """examples/reputation.yml weighs zen -6, SpamCop -3, Barracuda -4, DNSWL +4."""
+    for address, listed, score, group in [
+        ("203.0.113.7", (), 0.0, "UNKNOWNLIST"),  # nothing lists it: 0; trace has no failed lookups, so never none
+        ("203.0.113.7", ("zen.spamhaus.org=127.0.0.4",), -6.0, "BLACKLIST"),
+        ("203.0.113.7", ("zen.spamhaus.org=127.255.255.254",), 0.0, "UNKNOWNLIST"),  # Spamhaus's error answer
+        ("203.0.113.7", ("zen.spamhaus.org=127.0.0.4", "list.dnswl.org=127.0.10.2"), -2.0, "SUSPECTLIST"),
+        ("203.0.113.7", ("list.dnswl.org=127.0.10.0",), 0.0, "UNKNOWNLIST"),  # trust 0 is outside the pattern
+        ("203.0.113.7", ("bl.spamcop.net", "list.dnswl.org=127.0.10.3"), 1.0, "UNKNOWNLIST"),
+        ("203.0.113.7", ("zen.spamhaus.org=127.0.0.2", "bl.spamcop.net", "b.barracudacentral.org"), -10.0, "BLACKLIST"),  # -13
+        ("127.0.0.10", ("zen.spamhaus.org",), -6.0, "WHITELIST"),  # an address row decides; the score is still told
     ]:
         args = [arg for zone in listed for arg in ("--listed", zone)]
-        code, out, _ = run("trace", "-p", policy, "203.0.113.200", "--json", *args)
+        code, out, _ = run("trace", "-p", REPUTATION_EXAMPLE, address, "--json", *args)
         result = json.loads(out)
         assert code == 0 and (result["score"], result["sender_group"]) == (score, group), listed
-    code, out, _ = run("trace", "-p", policy, "203.0.113.200", "--listed", "zen.spamhaus.org=127.0.0.4")
+    code, out, _ = run("trace", "-p", REPUTATION_EXAMPLE, "203.0.113.7", "--listed", "zen.spamhaus.org=127.0.0.4")
     assert code == 0 and any(line.split() == ["score", "-6.0"] for line in out.splitlines())
 
 
