@@ -11,6 +11,7 @@ from netpolicy.kernel.values import (
     KernelDiff,
     KernelError,
     KernelStatus,
+    LearnedRefusal,
     MissingCapability,
     Promotion,
 )
@@ -18,7 +19,7 @@ from netpolicy.kernel.values import (
 BACKENDS = ("auto", "nftables", "iptables")
 
 __all__ = [
-    "BACKENDS", "Backend", "KernelDiff", "KernelError", "KernelStatus", "MissingCapability", "Promotion",
+    "BACKENDS", "Backend", "KernelDiff", "KernelError", "KernelStatus", "LearnedRefusal", "MissingCapability", "Promotion",
     "has_net_admin", "select_backend",
 ]
 

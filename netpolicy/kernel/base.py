@@ -15,12 +15,13 @@ import functools
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar, Concatenate, ParamSpec, TypeVar
 
 from netpolicy.kernel.values import (
     KernelDiff,
     KernelStatus,
+    LearnedRefusal,
     MissingCapability,
     Promotion,
 )
@@ -94,7 +95,9 @@ class Backend(ABC):
     def apply(self, plan: KernelPlan) -> KernelDiff:
         """Make the kernel match ``plan`` without an open window; return what was changed.
 
-        Promoted (timed) elements are left alone: the plan does not contain them.
+        Promoted (timed) elements are left alone: the plan does not contain them. Learned
+        refusals belong to the policy generation the rules carry: when the rules found do not
+        all carry ``plan``'s generation, the learned sets are emptied with the change.
         """
 
     @abstractmethod
@@ -112,3 +115,14 @@ class Backend(ABC):
     @abstractmethod
     def promoted(self) -> list[Promotion]:
         """Hosts currently in the timed sets, with the time they have left."""
+
+    @abstractmethod
+    def learn(self, listener: str, hosts: Mapping[str, int]) -> None:
+        """Refuse each address of ``hosts`` on ``listener`` (name) for its seconds, in the
+        listener's learned sets. An address already there keeps its time (nftables) or takes
+        the one given (ipset): the caller gives the time left of what it learned, so either
+        ends within the answers' TTL."""
+
+    @abstractmethod
+    def learned(self) -> list[LearnedRefusal]:
+        """Hosts currently in the learned sets, with the time they have left."""

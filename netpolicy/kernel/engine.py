@@ -37,7 +37,7 @@ from typing import TypeVar
 from netpolicy.kernel.base import netns_id
 from netpolicy.kernel.delta import sorted_delta
 from netpolicy.kernel.layout import ListenerLayout, layout, listener_id
-from netpolicy.kernel.values import KernelError, ListenerStatus, Problem
+from netpolicy.kernel.values import KernelError, ListenerStatus, Problem, role_label
 from netpolicy.model.intervals import Interval
 from netpolicy.model.plan import KernelPlan
 
@@ -174,13 +174,32 @@ class SetNames:
         return self.kinds[found["kind"]], int(found["family"]), found["lid"]
 
 
+def timed_sets(names: SetNames, kind: str, listener: str, hosts: Mapping[str, float], max_seconds: int) -> dict[tuple[int, str], dict[str, float]]:
+    """Per (family, set name) of ``listener``'s ``kind`` timed sets (promoted, learned), the
+    hosts of ``hosts`` (address -> seconds) that go there; a time the kernel cannot hold in one
+    go is refused."""
+    lid = listener_id(listener)
+    out: dict[tuple[int, str], dict[str, float]] = {}
+    for address, seconds in hosts.items():
+        if not 0 < seconds <= max_seconds:
+            raise KernelError(f"{kind} time must be between 1 and {max_seconds} seconds")
+        family = ipaddress.ip_address(address).version
+        out.setdefault((family, names.name(kind, lid, family)), {})[address] = seconds
+    return out
+
+
 def promotion_set(names: SetNames, listener: str, address: str, seconds: float, max_seconds: int) -> tuple[int, str]:
-    """(family, set name) a promotion of ``address`` on ``listener`` goes to; a time the
-    kernel cannot hold in one go is refused."""
-    if not 0 < seconds <= max_seconds:
-        raise KernelError(f"promotion time must be between 1 and {max_seconds} seconds")
-    family = ipaddress.ip_address(address).version
-    return family, names.name("promoted", listener_id(listener), family)
+    """(family, set name) a promotion of ``address`` on ``listener`` goes to."""
+    ((where, _hosts),) = timed_sets(names, "promoted", listener, {address: seconds}, max_seconds).items()
+    return where
+
+
+def missing_timed_set(listener: str, kind: str, family: int) -> KernelError:
+    """The error for a promotion or learned refusal on a listener the kernel has no such set for."""
+    return KernelError(
+        f"listener {listener!r} has no {role_label(kind, family)} set in the kernel "
+        "(not kernel-enforced, wrong address family, or the plan is not applied)"
+    )
 
 
 def listener_statuses(

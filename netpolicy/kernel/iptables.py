@@ -2,8 +2,9 @@
 
 Owned objects: the chain ``NETPOLICY`` in the ``filter`` table (IPv4 and, when a listener
 receives IPv6, IPv6), one jump to it from ``INPUT``, and ipsets whose names begin with
-``netpolicy``: per listener and family a ``hash:net`` refuse set (``netpolicy-<id>-r4``) and a
-``hash:ip`` set with timeouts for promoted hosts (``netpolicy-<id>-p4``). Per set one rule::
+``netpolicy``: per listener and family a ``hash:net`` refuse set (``netpolicy-<id>-r4``), and
+``hash:ip`` sets with timeouts for promoted hosts (``netpolicy-<id>-p4``) and learned refusals
+(``netpolicy-<id>-l4``, see netpolicy.kernel.learning). Per set one rule::
 
     -A NETPOLICY [-d A] -p tcp --dport P --tcp-flags FIN,SYN,RST,ACK SYN
        -m set --match-set netpolicy-<id>-r4 src -m comment --comment "netpolicy <id> refuse4 gen=G"
@@ -40,7 +41,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,7 +54,9 @@ from netpolicy.kernel.engine import (
     compare_objects,
     element_delta,
     listener_statuses,
+    missing_timed_set,
     promotion_set,
+    timed_sets,
 )
 from netpolicy.kernel.layout import (
     OwnedSet,
@@ -61,10 +64,12 @@ from netpolicy.kernel.layout import (
     rule_comment,
     split_comment,
 )
+from netpolicy.kernel.learning import MAX_LEARNED
 from netpolicy.kernel.values import (
     KernelDiff,
     KernelError,
     KernelStatus,
+    LearnedRefusal,
     MissingCapability,
     Problem,
     Promotion,
@@ -83,7 +88,8 @@ _THREAD_LOCK = threading.Lock()  # python-iptables keeps one handle per table fo
 Norm = tuple[Any, ...]
 
 
-NAMES = SetNames("netpolicy-{lid}-{kind}{family}", ("refuse", "promoted"))  # netpolicy-<id>-r4, ...
+NAMES = SetNames("netpolicy-{lid}-{kind}{family}", ("refuse", "promoted", "learned"))  # netpolicy-<id>-r4, ...
+TIMED = ("promoted", "learned")  # hash:ip sets with timeouts, filled at runtime
 
 
 def temp_name(name: str) -> str:
@@ -227,7 +233,7 @@ class RuleSpec:
 
 @dataclass(frozen=True)
 class IptWantSet(OwnedSet):
-    refuse: tuple[Interval, ...]  # the plan's refuse list (empty for promoted sets)
+    refuse: tuple[Interval, ...]  # the plan's refuse list (empty for timed sets)
 
     @property
     def type(self) -> str:
@@ -248,7 +254,7 @@ def desired(plan: KernelPlan) -> IptDesired:
     want = IptDesired()
     for ll in layout(plan):
         for family in ll.families:
-            for kind in ("refuse", "promoted"):
+            for kind in ("refuse", *TIMED):
                 name = NAMES.name(kind, ll.lid, family)
                 refuse = ll.refuse(family) if kind == "refuse" else ()
                 want.sets[name] = IptWantSet(name, ll.lid, ll.name, kind, family, refuse)
@@ -323,7 +329,7 @@ def _filter_exists(family: int) -> bool:
 
 
 def _header_ok(ws: IptWantSet, header: ipset.SetHeader) -> bool:
-    return (header.type, header.family, header.timeout) == (ws.type, ws.ipset_family, ws.kind == "promoted")
+    return (header.type, header.family, header.timeout) == (ws.type, ws.ipset_family, ws.kind in TIMED)
 
 
 def _chain_problems(plan: KernelPlan, family: int, fs: FamilyState, rules: list[RuleSpec], stale: set[str]) -> list[Problem]:
@@ -497,8 +503,10 @@ class IptablesBackend(Backend):
 
     @staticmethod
     def _create_lines(ws: IptWantSet, name: str, count: int) -> list[str]:
+        if ws.kind == "learned":  # room over the learner's cap for entries our clock has let go first
+            count = MAX_LEARNED
         maxelem = max(MIN_MAXELEM, 1 << max(1, 2 * count - 1).bit_length())
-        extra = " timeout 0" if ws.kind == "promoted" else ""
+        extra = " timeout 0" if ws.kind in TIMED else ""
         return [f"create {name} {ws.type} family {ws.ipset_family} maxelem {maxelem}{extra}"]
 
     def _fill_lines(self, ws: IptWantSet, name: str) -> list[str]:
@@ -636,6 +644,9 @@ class IptablesBackend(Backend):
             return result
         self._cache, self._known_headers = None, {}
         before, after = self._ipset_before(want, state, actions, strict=not state.counted)
+        if state.generation() != plan.generation:  # learned under another policy: see Backend.apply
+            before += [f"flush {ws.name}" for ws in want.sets.values()
+                       if ws.kind == "learned" and ws.name in state.headers and actions.get(ws.name) is None]
         ipset.restore(before)
         for family in sorted(families):
             self._sync_rules(family, want.rules.get(family, []))
@@ -710,17 +721,35 @@ class IptablesBackend(Backend):
     def promote(self, listener: str, address: str, seconds: float) -> None:
         family, name = promotion_set(NAMES, listener, address, seconds, self.max_promote_seconds)
         if name not in ipset.headers():
-            raise KernelError(
-                f"listener {listener!r} has no {role_label('promoted', family)} set in the kernel "
-                "(not kernel-enforced, wrong address family, or the plan is not applied)"
-            )
+            raise missing_timed_set(listener, "promoted", family)
         ipset.restore([f"add {name} {address} timeout {int(seconds)} -exist"])
 
     @serialized
     def promoted(self) -> list[Promotion]:
-        out: list[Promotion] = []
-        for name in ipset.headers():
+        return [Promotion(*found) for found in self._timed("promoted")]
+
+    @serialized
+    def learn(self, listener: str, hosts: Mapping[str, int]) -> None:
+        """One ``ipset restore`` for every address; ``-exist`` gives one already there the time
+        passed."""
+        sets = timed_sets(NAMES, "learned", listener, hosts, self.max_promote_seconds)
+        names = ipset.names()
+        for family, name in sets:
+            if name not in names:
+                raise missing_timed_set(listener, "learned", family)
+        ipset.restore([f"add {name} {address} timeout {int(seconds)} -exist"
+                       for (_family, name), found in sets.items() for address, seconds in found.items()])
+
+    @serialized
+    def learned(self) -> list[LearnedRefusal]:
+        return [LearnedRefusal(*found) for found in self._timed("learned")]
+
+    @staticmethod
+    def _timed(kind: str) -> list[tuple[str, str, float]]:
+        """(listener id, address, seconds left) of every member of the ``kind`` timed sets."""
+        out: list[tuple[str, str, float]] = []
+        for name in ipset.names():
             parsed = NAMES.parse(name)
-            if parsed is not None and parsed[0] == "promoted":
-                out += [Promotion(parsed[2], entry, left or 0.0) for entry, left in ipset.members(name)]
+            if parsed is not None and parsed[0] == kind:
+                out += [(parsed[2], entry, left or 0.0) for entry, left in ipset.members(name)]
         return out

@@ -9,10 +9,12 @@ listener can receive (4 shown; 6 is the same with ``ip6``)::
         set n4_<id> { type ipv4_addr; flags interval; }     # the plan's ranges
         set t4_<id> { type ipv4_addr; flags interval; }     # empty, but while a network is replaced
         set p4_<id> { type ipv4_addr; flags timeout; }      # hosts promoted at runtime
+        set l4_<id> { type ipv4_addr; flags timeout; }      # learned refusals (netpolicy.kernel.learning)
         chain input { type filter hook input priority filter - 10; policy accept;
             [ip daddr A] tcp dport P tcp flags syn / fin,syn,rst,ack ip saddr @h4_<id>
                 counter name refused_<id> reject with tcp reset comment "netpolicy <id> hosts4 gen=G"
-            ... the same rule for @n4_<id> (networks4), @t4_<id> (transit4) and @p4_<id> (promoted4)
+            ... the same rule for @n4_<id> (networks4), @t4_<id> (transit4), @p4_<id> (promoted4)
+            and @l4_<id> (learned4)
         }
     }
 
@@ -42,7 +44,7 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
@@ -59,7 +61,9 @@ from netpolicy.kernel.engine import (
     element_delta,
     list_delta,
     listener_statuses,
+    missing_timed_set,
     promotion_set,
+    timed_sets,
 )
 from netpolicy.kernel.layout import (
     COMMENT_PREFIX,
@@ -72,6 +76,7 @@ from netpolicy.kernel.values import (
     KernelDiff,
     KernelError,
     KernelStatus,
+    LearnedRefusal,
     MissingCapability,
     Problem,
     Promotion,
@@ -85,7 +90,8 @@ TABLE = "netpolicy"
 CHAIN = "input"
 PRIORITY = -10
 TABLE_COMMENT = "managed by netpolicy: changes made here are reverted"
-KINDS = ("hosts", "networks", "transit", "promoted")
+KINDS = ("hosts", "networks", "transit", "promoted", "learned")
+TIMED = ("promoted", "learned")  # sets of hosts added at runtime with timeouts, not from the plan
 LOG_PREFIX = "netpolicy:"  # NFLOG prefix, followed by the listener id (see netpolicy.kernel.nflog)
 LOG_RATE, LOG_BURST = 50, 100  # verbose logging of refusals: packets per second, burst
 # Above this many elements, a set whose size changed is reloaded rather than read back: the
@@ -108,7 +114,8 @@ def refuse_chain(lid: str) -> str:
 
 
 def _spec(kind: str, family: int) -> m.SetSpec:
-    flags = {"hosts": 0, "networks": m.NFT_SET_INTERVAL, "transit": m.NFT_SET_INTERVAL, "promoted": m.NFT_SET_TIMEOUT}[kind]
+    flags = {"hosts": 0, "networks": m.NFT_SET_INTERVAL, "transit": m.NFT_SET_INTERVAL,
+             "promoted": m.NFT_SET_TIMEOUT, "learned": m.NFT_SET_TIMEOUT}[kind]
     return m.SetSpec(family, flags)
 
 
@@ -338,6 +345,9 @@ def _reconcile(plan: KernelPlan, want: NftDesired, state: NftState) -> _Batch:
     batch = _Batch(KernelDiff("nftables", plan.generation, state.generation()))
     post += _create_sets(want, to_create, state, batch)
     element_msgs: list[nfnl.Message] = []
+    if state.generation() != plan.generation:  # learned under another policy: see Backend.apply
+        element_msgs += [m.flush_set(TABLE, name) for name, ws in want.sets.items()
+                         if ws.kind == "learned" and name in t.sets and name not in to_create]
     for group in want.groups:  # a transit set left holding elements (an apply cut short)
         transit = t.sets.get(group.transit)
         if group.transit not in to_create and transit is not None and transit.count:
@@ -556,7 +566,7 @@ class NftablesBackend(Backend):
         cache = self._cache_here() if trust_known else None
         for name, info in table.sets.items():
             parsed = NAMES.parse(name)
-            if parsed is None or parsed[0] in ("transit", "promoted") or not _spec_ok(info, _spec(parsed[0], parsed[1])):
+            if parsed is None or parsed[0] in ("transit", *TIMED) or not _spec_ok(info, _spec(parsed[0], parsed[1])):
                 continue
             trusted = cache.trusted(name, info.count, genid) if cache is not None else None
             if trusted is not None:
@@ -752,7 +762,7 @@ class NftablesBackend(Backend):
                     count = len(trusted.intervals or ())
                 else:
                     count = len(self._read_set(sock, name, kind, family))
-                label = role_label("promoted" if kind == "promoted" else "refuse", family)
+                label = role_label(kind if kind in TIMED else "refuse", family)
                 per = sizes.setdefault(lid, {})
                 per[label] = per.get(label, 0) + count
         counters = table.counters if table is not None else {}
@@ -771,6 +781,33 @@ class NftablesBackend(Backend):
             *m.element_messages(nfnl.DELSETELEM, TABLE, name, [elem]),
             *m.element_messages(nfnl.NEWSETELEM, TABLE, name, [elem]),
         ]
+        self._commit_timed(msgs, listener, "promoted", family)
+
+    @serialized
+    @_netlink_errors
+    def promoted(self) -> list[Promotion]:
+        return [Promotion(*found) for found in self._timed("promoted")]
+
+    @serialized
+    @_netlink_errors
+    def learn(self, listener: str, hosts: Mapping[str, int]) -> None:
+        """One transaction for every address; an element already there is left as it is
+        (NEWSETELEM without EXCL)."""
+        sets = timed_sets(NAMES, "learned", listener, hosts, self.max_promote_seconds)
+        msgs = [msg for (_family, name), found in sets.items()
+                for msg in m.element_messages(nfnl.NEWSETELEM, TABLE, name, [m.timeout_element(a, t) for a, t in found.items()])]
+        if not msgs:
+            return
+        self._commit_timed(msgs, listener, "learned", min(family for family, _name in sets))
+
+    @serialized
+    @_netlink_errors
+    def learned(self) -> list[LearnedRefusal]:
+        return [LearnedRefusal(*found) for found in self._timed("learned")]
+
+    def _commit_timed(self, msgs: list[nfnl.Message], listener: str, kind: str, family: int) -> None:
+        """Commit changes to ``listener``'s ``kind`` timed sets: our own commit, which keeps the
+        dataplane cache current (they are not part of it)."""
         for attempt in range(5):
             with self._session() as sock:
                 genid = sock.genid()
@@ -780,27 +817,23 @@ class NftablesBackend(Backend):
                     if exc.errno == errno.ERESTART and attempt < 4:
                         continue
                     if exc.errno == errno.ENOENT:
-                        raise KernelError(
-                            f"listener {listener!r} has no {role_label('promoted', family)} set in the kernel "
-                            "(not kernel-enforced, wrong address family, or the plan is not applied)"
-                        ) from exc
+                        raise missing_timed_set(listener, kind, family) from exc
                     raise
             cache = self._cache_here()
             if cache is not None:
                 cache.own_commit(genid)
             return
-        raise KernelError("nftables: the ruleset kept changing while promoting")
+        raise KernelError(f"nftables: the ruleset kept changing while adding to the {kind} sets")
 
-    @serialized
-    @_netlink_errors
-    def promoted(self) -> list[Promotion]:
-        out: list[Promotion] = []
+    def _timed(self, kind: str) -> list[tuple[str, str, float]]:
+        """(listener id, address, seconds left) of every element of the ``kind`` timed sets."""
+        out: list[tuple[str, str, float]] = []
         with self._session() as sock:
             table = m.read_table(sock, TABLE)
             for name in table.sets if table is not None else ():
                 parsed = NAMES.parse(name)
-                if parsed is None or parsed[0] != "promoted":
+                if parsed is None or parsed[0] != kind:
                     continue
                 for e in m.read_elements(sock, TABLE, name):
-                    out.append(Promotion(parsed[2], str(ipaddress.ip_address(e.key)), (e.expiration_ms or 0) / 1000))
+                    out.append((parsed[2], str(ipaddress.ip_address(e.key)), (e.expiration_ms or 0) / 1000))
         return out

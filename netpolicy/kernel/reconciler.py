@@ -16,6 +16,15 @@ time at the default period).
 It also remembers the hosts promoted at runtime: they are not part of the plan, so a flushed
 table loses them; the reconciler puts them back with the time they have left, and renews
 promotions longer than the kernel can hold in one go before they lapse.
+
+Learned refusals (netpolicy.kernel.learning) are remembered the same way and put back after a
+repair, or when a full check finds them gone, with the time they have left; never renewed (a
+learned refusal is at most ``learn_refusals`` seconds, which both backends hold in one go).
+They belong to the policy generation they were decided under: a batch decided under another
+generation than the plan's is dropped, and applying a plan of a new generation forgets them
+(the backend empties the learned sets in the same apply). Unlike the promotions, which are
+few, they are not read back on every check: there may be tens of thousands, and a dump of a
+set costs more than the one-request check it would ride on.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 
 from netpolicy.kernel.base import Backend
 from netpolicy.kernel.layout import listener_id
+from netpolicy.kernel.learning import MIN_SECONDS, Deadlines, Learning
 from netpolicy.kernel.values import KernelDiff, KernelError
 from netpolicy.model.plan import KernelPlan
 
@@ -68,6 +78,7 @@ class Reconciler:
         self._clock = clock
         self._next_full = clock() + full_sync
         self._promotions: dict[tuple[str, str], float] = {}  # (listener, address) -> deadline
+        self._learned = Deadlines()  # (listener, address) -> deadline, on ``clock``
         self._lock = threading.Lock()
 
     @property
@@ -86,19 +97,47 @@ class Reconciler:
             self.backend.promote(listener, address, min(seconds, self.backend.max_promote_seconds))
             self._promotions[(listener, address)] = self._clock() + seconds
 
+    def learn(self, batch: list[Learning]) -> list[Learning]:
+        """Put learned refusals into the kernel and remember them across drift repairs; returns
+        those taken: the ones decided under the plan's generation, on a listener it enforces in
+        the kernel. Blocking: run it in a thread.
+
+        One backend call per listener. If the kernel refuses (the table was flushed a moment
+        ago), they are still remembered: the repair that follows puts them back."""
+        with self._lock:
+            plan = self._plan
+            kernel = {lp.name for lp in plan.kernel_listeners()}
+            taken = [item for item in batch if item.generation == plan.generation and item.listener in kernel]
+            now = self._clock()
+            self._learned.expire(now)
+            by_listener: dict[str, dict[str, int]] = {}
+            for item in taken:
+                self._learned.put((item.listener, item.address), now + item.seconds)
+                by_listener.setdefault(item.listener, {})[item.address] = item.seconds
+            for listener, hosts in by_listener.items():
+                try:
+                    self.backend.learn(listener, hosts)
+                except KernelError as exc:
+                    log.error("could not learn %d refusals on %s: %s", len(hosts), listener, exc)
+            return taken
+
     def check_once(self) -> CheckResult:
         """Apply a new plan, or check for drift and repair it. Blocking: run it in a thread."""
         with self._lock:
             self.checks += 1
             plan = self._plan
             if self._applied is not plan:
+                if self._applied is not None and self._applied.generation != plan.generation:
+                    self._learned.clear()  # the backend empties the learned sets in this apply
                 diff = self.backend.apply(plan)
                 self._applied = plan
                 if not diff.in_sync:
                     log.info("applied policy generation %s (%d element changes)", plan.generation, diff.element_changes)
                 self._renew_promotions()
+                self._restore_learned()
                 return CheckResult(applied=True, diff=diff)
-            if self._clock() >= self._next_full:
+            full = self._clock() >= self._next_full
+            if full:
                 found = self.backend.diff(plan)
                 self.full_checks += 1
                 self._next_full = self._clock() + self.full_sync
@@ -106,6 +145,8 @@ class Reconciler:
                 found = self.backend.quick_diff(plan)
             if found.in_sync:
                 self._renew_promotions()
+                if full:
+                    self._restore_learned()
                 return CheckResult()
             repaired = self.backend.apply(plan)
             if repaired.in_sync:  # someone put it back between our check and the repair
@@ -117,6 +158,7 @@ class Reconciler:
                 self.repairs, self.backend.name, plan.generation, _summary(repaired),
             )
             self._renew_promotions()
+            self._restore_learned()
             return CheckResult(repaired=True, diff=repaired)
 
     async def run(self, interval: float = 1.0, executor: Executor | None = None) -> None:
@@ -159,6 +201,27 @@ class Reconciler:
                 continue
             what = "restored" if have is None else "renewed"
             log.warning("%s the promotion of %s on %s (%.0f s left)", what, address, listener, left)
+
+
+    def _restore_learned(self) -> None:
+        """Put back the learned refusals the kernel lost, with the time they have left."""
+        now = self._clock()
+        self._learned.expire(now + SLACK)
+        if not self._learned:
+            return
+        held = {(found.listener, found.address) for found in self.backend.learned()}
+        lost: dict[str, dict[str, int]] = {}
+        for (listener, address), deadline in self._learned:
+            seconds = int(deadline - now)
+            if seconds >= MIN_SECONDS and (listener_id(listener), address) not in held:
+                lost.setdefault(listener, {})[address] = seconds
+        for listener, hosts in lost.items():
+            try:
+                self.backend.learn(listener, hosts)
+            except KernelError as exc:
+                log.error("could not restore %d learned refusals on %s: %s", len(hosts), listener, exc)
+                continue
+            log.warning("restored %d learned refusals on %s", len(hosts), listener)
 
 
 def _summary(diff: KernelDiff) -> str:

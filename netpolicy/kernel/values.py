@@ -1,4 +1,4 @@
-"""Values shared by every backend: diffs, status, promotions, errors.
+"""Values shared by every backend: diffs, status, promotions, learned refusals, errors.
 
 Backends differ in how they store a refuse set (nftables interval elements, ipset ``hash:net``
 CIDRs) but the diff, the human ``+ 192.0.2.0/24 -> IncomingMail refuse4`` lines and the JSON
@@ -129,6 +129,16 @@ class KernelDiff:
 class Promotion:
     """A host the kernel holds in a listener's timed refuse set (pushed there at runtime), as
     read back from the kernel."""
+
+    listener: str  # the listener's kernel id (see ``layout.listener_id``)
+    address: str
+    expires_in: float  # seconds left, as the kernel reports it
+
+
+@dataclass(frozen=True)
+class LearnedRefusal:
+    """A host the kernel holds in a listener's ``learned`` set (a TCPREFUSE resting on DNS
+    answers, see netpolicy.kernel.learning), as read back from the kernel."""
 
     listener: str  # the listener's kernel id (see ``layout.listener_id``)
     address: str

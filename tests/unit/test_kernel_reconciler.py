@@ -1,11 +1,12 @@
 """The reconciler's logic against an in-memory kernel: applies, cheap checks, periodic full
 checks, counted and logged repairs, plan reloads, promotions restored after drift and renewed
-before they lapse."""
+before they lapse, learned refusals restored after drift and forgotten with their policy."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 import pytest
 
@@ -16,9 +17,11 @@ from netpolicy.kernel.values import (
     KernelDiff,
     KernelError,
     KernelStatus,
+    LearnedRefusal,
     Problem,
     Promotion,
 )
+from netpolicy.kernel.learning import Learning
 from netpolicy.model.plan import KernelPlan, ListenerPlan
 from tests.support.wait import wait_until_async
 
@@ -32,7 +35,8 @@ class Clock:
 
 
 class MemoryKernel(Backend):
-    """A kernel that holds one plan and some timed promotions, and can be broken on purpose."""
+    """A kernel that holds one plan, timed promotions and learned refusals, and can be broken
+    on purpose. Like the real backends, an apply over another generation empties the learned."""
 
     name = "memory"
     max_promote_seconds = 1000
@@ -42,6 +46,7 @@ class MemoryKernel(Backend):
         self.clock = clock
         self.installed: KernelPlan | None = None
         self.timed: dict[tuple[str, str], float] = {}
+        self.learnt: dict[tuple[str, str], float] = {}
         self.calls: list[str] = []
         self.fail_with: str | None = None
         self.cheap_blind = False  # quick_diff reports in sync whatever is installed
@@ -68,6 +73,8 @@ class MemoryKernel(Backend):
     def apply(self, plan: KernelPlan) -> KernelDiff:
         self.calls.append("apply")
         result = self._compare(plan)
+        if self.installed is None or self.installed.generation != plan.generation:
+            self.learnt.clear()
         self.installed = plan
         return result
 
@@ -75,6 +82,7 @@ class MemoryKernel(Backend):
         found = self.installed is not None
         self.installed = None
         self.timed.clear()
+        self.learnt.clear()
         return found
 
     def status(self, plan: KernelPlan | None = None) -> KernelStatus:
@@ -87,6 +95,18 @@ class MemoryKernel(Backend):
     def promoted(self) -> list[Promotion]:
         now = self.clock()
         return [Promotion(lid, addr, until - now) for (lid, addr), until in self.timed.items() if until > now]
+
+    def learn(self, listener: str, hosts: Mapping[str, int]) -> None:
+        self.calls.append("learn")
+        if self.fail_with:
+            raise KernelError(self.fail_with)
+        for address, seconds in hosts.items():
+            self.learnt.setdefault((listener_id(listener), address), self.clock() + seconds)
+
+    def learned(self) -> list[LearnedRefusal]:
+        self.calls.append("learned")
+        now = self.clock()
+        return [LearnedRefusal(lid, addr, until - now) for (lid, addr), until in self.learnt.items() if until > now]
 
 
 def plan(generation: str = "g1") -> KernelPlan:
@@ -212,3 +232,66 @@ def test_drift_only_a_full_check_sees_is_repaired_at_the_next_full_sync(kernel: 
     clock.now += 60
     result = rec.check_once()
     assert result.repaired and rec.repairs == 1 and kernel.installed == plan()
+
+
+def learning(address: str, seconds: int, generation: str = "g1", listener: str = "In-Mail") -> Learning:
+    return Learning(listener, address, seconds, 0.0, generation)
+
+
+def test_learned_refusals_survive_a_flushed_kernel_with_the_time_they_have_left(kernel: MemoryKernel, clock: Clock) -> None:
+    rec = Reconciler(kernel, plan(), clock=clock)
+    rec.check_once()
+    batch = [learning("192.0.2.9", 300), learning("192.0.2.10", 30)]
+    assert rec.learn(batch) == batch
+    clock.now += 100
+    kernel.flush()
+    assert rec.check_once().repaired
+    assert {r.address: r.expires_in for r in kernel.learned()} == {"192.0.2.9": pytest.approx(200)}
+
+
+def test_learned_refusals_are_read_back_only_after_drift_or_on_a_full_check(kernel: MemoryKernel, clock: Clock) -> None:
+    """Tens of thousands may be held: the cheap check every second must not dump them."""
+    rec = Reconciler(kernel, plan(), full_sync=300, clock=clock)
+    rec.check_once()
+    rec.learn([learning("192.0.2.9", 600)])
+    kernel.calls.clear()
+    rec.check_once()
+    assert kernel.calls == ["quick_diff"]
+    kernel.learnt.clear()  # drift no structural check sees: a deleted element
+    clock.now += 300
+    rec.check_once()
+    assert kernel.calls == ["quick_diff", "diff", "learned", "learn"]
+    assert [r.address for r in kernel.learned()] == ["192.0.2.9"]
+
+
+def test_a_new_policy_forgets_learned_refusals_and_keeps_promotions(kernel: MemoryKernel, clock: Clock) -> None:
+    rec = Reconciler(kernel, plan(), clock=clock)
+    rec.check_once()
+    rec.promote("In-Mail", "192.0.2.8", 300)
+    rec.learn([learning("192.0.2.9", 300)])
+    rec.set_plan(plan("g2"))
+    rec.check_once()
+    assert kernel.learned() == [] and [p.address for p in kernel.promoted()] == ["192.0.2.8"]
+    kernel.flush()  # nothing learned under g1 comes back with the repair
+    assert rec.check_once().repaired
+    assert kernel.learned() == [] and [p.address for p in kernel.promoted()] == ["192.0.2.8"]
+
+
+def test_only_what_was_decided_under_the_plan_in_force_is_learned(kernel: MemoryKernel) -> None:
+    rec = Reconciler(kernel, plan("g2"))
+    rec.check_once()
+    current, stale, elsewhere = learning("192.0.2.9", 60, "g2"), learning("192.0.2.10", 60, "g1"), learning("192.0.2.11", 60, "g2", "Other")
+    assert rec.learn([current, stale, elsewhere]) == [current]
+    assert [r.address for r in kernel.learned()] == ["192.0.2.9"]
+
+
+def test_learned_refusals_the_kernel_refused_are_put_back_by_the_repair(kernel: MemoryKernel) -> None:
+    rec = Reconciler(kernel, plan())
+    rec.check_once()
+    kernel.flush()
+    kernel.fail_with = "no such set"
+    batch = [learning("192.0.2.9", 300)]
+    assert rec.learn(batch) == batch
+    kernel.fail_with = None
+    assert rec.check_once().repaired
+    assert [r.address for r in kernel.learned()] == ["192.0.2.9"]
