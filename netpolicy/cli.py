@@ -254,15 +254,17 @@ def status_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
         backend = select_backend(backend_name)
         result = backend.status(plan)
         promoted = backend.promoted()
+        learned = backend.learned()
     if as_json:
-        print_json({**result.as_json(), "promoted": [
-            {"listener": p.listener, "address": p.address, "expires_in": round(p.expires_in)} for p in promoted
-        ]})
+        print_json({**result.as_json(), **{kind: [
+            {"listener": held.listener, "address": held.address, "expires_in": round(held.expires_in)} for held in hosts
+        ] for kind, hosts in (("promoted", promoted), ("learned", learned))}})
     else:
         for line in result.lines():
             click.echo(line)
-        for p in promoted:
-            click.echo(f"promoted: {p.address} on {p.listener} ({p.expires_in:.0f} s left)")
+        for kind, hosts in (("promoted", promoted), ("learned", learned)):
+            for held in hosts:
+                click.echo(f"{kind}: {held.address} on {held.listener} ({held.expires_in:.0f} s left)")
 
 
 @cli.command(name="flush")
