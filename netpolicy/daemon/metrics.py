@@ -8,13 +8,14 @@ so they count SYNs the SMTP process never saw.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from netpolicy.model.policy import split_host_port
 from netpolicy.smtp.fds import FdWatch, open_fds, soft_limit
+from netpolicy.smtp.scanner import ScanStats
 from netpolicy.smtp.services import ListenerStats
 
 
@@ -37,6 +39,11 @@ class DaemonView:
     promotions: dict[str, int] = field(default_factory=dict)
     fds: FdWatch = field(default_factory=FdWatch)  # shared by every listener of the process
     dnslist_unexpected: dict[tuple[str, str], int] = field(default_factory=dict)  # (zone, answer) -> lookups
+    scans: ScanStats = field(default_factory=ScanStats)  # message checks: verdicts and latency
+    state_store_up: Callable[[], bool | None] = lambda: None  # None: no state store configured
+    learned: Mapping[str, int] = field(default_factory=dict)  # listener -> refusals learned into the kernel
+    learned_held: Callable[[], Mapping[str, int]] = dict  # listener -> learned refusals held now
+    learn_skipped: Mapping[str, int] = field(default_factory=dict)  # listener -> not learned: cap reached
 
 
 class DaemonCollector(Collector):
@@ -78,6 +85,20 @@ class DaemonCollector(Collector):
         for name, n in v.promotions.items():
             promotions.add_metric([name], n)
         yield promotions
+        learned = CounterMetricFamily("netpolicy_learned_refusals", "TCPREFUSE decisions on DNS answers learned into the kernel",
+                                      labels=["listener"])
+        for name, n in sorted(v.learned.items()):
+            learned.add_metric([name], n)
+        yield learned
+        held = GaugeMetricFamily("netpolicy_learned_refusals_held", "Learned refusals the kernel holds now", labels=["listener"])
+        for name, n in sorted(v.learned_held().items()):
+            held.add_metric([name], n)
+        yield held
+        skipped = CounterMetricFamily("netpolicy_learned_refusals_skipped",
+                                      "Refusals not learned because the listener held the most it may", labels=["listener"])
+        for name, n in sorted(v.learn_skipped.items()):
+            skipped.add_metric([name], n)
+        yield skipped
         yield CounterMetricFamily("netpolicy_drift_repairs", "Kernel drift repairs", value=v.drift_repairs())
         failures = CounterMetricFamily("netpolicy_task_failures", "Background loops of serve that failed and were restarted", labels=["task"])
         for task, n in sorted(v.task_failures.items()):
@@ -88,6 +109,16 @@ class DaemonCollector(Collector):
         for (zone, answer), n in sorted(v.dnslist_unexpected.items()):
             unexpected.add_metric([zone, answer], n)
         yield unexpected
+        scans = CounterMetricFamily("netpolicy_scans", "Messages asked of the scanner, by verdict", labels=["verdict"])
+        for verdict, n in sorted(v.scans.verdicts.items()):
+            scans.add_metric([verdict], n)
+        yield scans
+        yield HistogramMetricFamily("netpolicy_scan_seconds", "Time to scan one message (sending it included)",
+                                    buckets=v.scans.cumulative(), sum_value=v.scans.latency_sum)
+        store_up = v.state_store_up()
+        if store_up is not None:
+            yield GaugeMetricFamily("netpolicy_state_store_up", "1 while limits are shared through the state store, 0 while per process",
+                                    value=int(store_up))
 
 
 class Metrics:

@@ -1,8 +1,19 @@
-"""Per-address counters: concurrency slots and sliding hourly windows."""
+"""Per-address counters: concurrency slots and sliding hourly windows.
+
+The behaviour tests run against both implementations: ``InMemoryCounters``, and ``RedisCounters``
+on a real redis-server with the store's clock replaced by the test's (as the in-memory one's is).
+"""
 
 from __future__ import annotations
 
-from netpolicy.smtp.counters import HOUR, InMemoryCounters
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from netpolicy.model.policy import State
+from netpolicy.smtp.counters import HOUR, Counters, InMemoryCounters
+from netpolicy.smtp.redis_counters import RedisStore
+from tests.support.redis import running_redis
 
 
 class Clock:
@@ -13,22 +24,51 @@ class Clock:
         return self.now
 
 
-async def test_concurrency_slots_per_address() -> None:
-    c = InMemoryCounters()
+MakeCounters = Callable[[Clock], Awaitable[Counters]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_counters(request: pytest.FixtureRequest) -> AsyncIterator[MakeCounters]:
+    """Counters on ``clock``, of the implementation the test is parametrised with."""
+    if request.param == "memory":
+        async def in_memory(clock: Clock) -> Counters:
+            return InMemoryCounters(clock=clock)
+
+        yield in_memory
+        return
+    stores: list[RedisStore] = []
+    with running_redis() as server:
+        async def on_redis(clock: Clock) -> Counters:
+            store = RedisStore(clock=clock)
+            stores.append(store)
+            await store.configure(State(redis=server.url, prefix="test:"))
+            assert store.up
+            return store.counters("IncomingMail")
+
+        try:
+            yield on_redis
+        finally:
+            for store in stores:
+                await store.close()
+
+
+async def test_concurrency_slots_per_address(make_counters: MakeCounters) -> None:
+    c = await make_counters(Clock())
     assert await c.open_connection("192.0.2.1", 2)
     assert await c.open_connection("192.0.2.1", 2)
     assert not await c.open_connection("192.0.2.1", 2)
     assert await c.open_connection("192.0.2.2", 2)  # another address has its own slots
-    assert await c.open_connection("192.0.2.1", None)  # no limit
+    assert await c.open_connection("192.0.2.1", None)  # no limit, but counted
     await c.close_connection("192.0.2.1")
+    assert not await c.open_connection("192.0.2.1", 2)  # still two open
     await c.close_connection("192.0.2.1")
-    assert c.connections("192.0.2.1") == 1
     assert await c.open_connection("192.0.2.1", 2)
+    assert not await c.open_connection("192.0.2.1", 2)
 
 
-async def test_take_stops_at_the_limit_and_slides() -> None:
+async def test_take_stops_at_the_limit_and_slides(make_counters: MakeCounters) -> None:
     clock = Clock()
-    c = InMemoryCounters(clock=clock)
+    c = await make_counters(clock)
     for _ in range(3):
         assert await c.take("rcpts", "a", 3)
         clock.now += 600  # ten minutes apart
@@ -41,13 +81,22 @@ async def test_take_stops_at_the_limit_and_slides() -> None:
     assert await c.take("rcpts", "a", None)  # no limit
 
 
-async def test_hit_counts_every_event() -> None:
+async def test_hit_counts_every_event(make_counters: MakeCounters) -> None:
     clock = Clock()
-    c = InMemoryCounters(clock=clock)
+    c = await make_counters(clock)
     assert [await c.hit("dhap", "a") for _ in range(4)] == [1, 2, 3, 4]
+    assert await c.count("dhap", "b") == 0
     clock.now += HOUR + 60
     assert await c.count("dhap", "a") == 0
     assert await c.hit("dhap", "a") == 1
+
+
+async def test_kinds_and_windows_are_apart(make_counters: MakeCounters) -> None:
+    c = await make_counters(Clock())
+    assert await c.take("rcpts", "a", 1)
+    assert await c.take("dhap", "a", 1)
+    assert await c.take("rcpts", "a", 1, window=60.0)
+    assert not await c.take("rcpts", "a", 1)
 
 
 async def test_idle_windows_are_swept() -> None:

@@ -1,0 +1,341 @@
+"""``Counters`` shared by every process and gateway through a Redis store (SPEC.md section 10).
+
+``RedisStore`` is one process's link to the store named by the policy's ``state`` block;
+``RedisCounters`` is one listener's view of it (keys carry the listener's name, as each listener
+has counters of its own without a store). Every check-and-record is one Lua script run by EVALSHA,
+so ten gateways together admit no more than the limit.
+
+Hourly windows: one hash per (listener, kind, window, address) whose fields are the 60 bucket
+numbers, the in-memory counters' sliding window. A hash rather than a sorted set of events: its
+size is bounded by the buckets, not by the traffic (MEMORY USAGE after 1000 events in an hour:
+560 bytes against 88,984 for a sorted set; after 10,000: 688 against 1,061,400), and a script call
+costs the same (171 µs against 198 µs per call here). The time is the store's (``TIME`` inside
+the script), so gateways whose clocks disagree still share one window. Each write sets the key to
+expire one window later, when its last bucket has left the window anyway.
+
+Open connections: one sorted set per (listener, address) of lease ids scored by the time each
+lease runs out. The process renews the leases of its open connections every ``lease / 3``
+seconds and removes one when its connection closes; the scripts drop expired members before
+counting. A gateway that dies stops renewing, and its connections stop counting ``lease`` seconds
+later, where an INCR/DECR count would stay wrong for ever.
+
+Faults: any store error, refused connection or reply slower than ``timeout`` marks the store down
+for the whole process. The warning ``state store unreachable: limits are per process until it
+returns`` is logged once per outage, ``up`` turns false (the ``netpolicy_state_store_up`` gauge),
+and every view answers from this process alone: windows from an ``InMemoryCounters`` that records
+every event the store accepted too (so an outage does not restart the hour from zero), connection
+counts from the connections this process has open. A background task pings with backoff
+(``retry`` seconds, doubling up to ``retry_max``); when the store answers, the renewal re-adds
+the lease of every connection this process has open before the store counts again: those opened
+during the outage, and all of them after a restart that emptied it. The close of such a
+connection then removes its lease like any other. A close that fails is left to its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from netpolicy.model.policy import State
+from netpolicy.smtp.counters import BUCKETS, HOUR, InMemoryCounters
+
+log = logging.getLogger("netpolicy.smtp.state")
+
+T = TypeVar("T")
+
+UNREACHABLE = "state store unreachable: limits are per process until it returns"
+
+_NOW = """
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# ARGV: now (-1: the store's clock), bucket width, limit (-1: none), record (1) or only count (0).
+# Returns {recorded (0/1), events in the window (the recorded one included)}.
+WINDOW = _NOW + f"""
+local width = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local bucket = math.floor(now / width)
+local oldest = bucket - {BUCKETS - 1}
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+  if tonumber(fields[i]) < oldest then
+    redis.call('HDEL', KEYS[1], fields[i])
+  else
+    total = total + tonumber(fields[i + 1])
+  end
+end
+if ARGV[4] == '0' or (limit >= 0 and total >= limit) then
+  return {{0, total}}
+end
+redis.call('HINCRBY', KEYS[1], string.format('%d', bucket), 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(width * {BUCKETS} * 1000))
+return {{1, total + 1}}
+"""
+
+_LEASE = """
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+_EXPIRE = """
+local ms = math.ceil(lease * 1000)
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('PEXPIRE', KEYS[1], ms)
+end
+"""
+
+# ARGV: now, lease seconds, limit (-1: none), lease id. Returns 1 if counted, 0 at the limit.
+OPEN = _NOW + _LEASE + """
+local limit = tonumber(ARGV[3])
+if limit >= 0 and redis.call('ZCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[4])
+""" + _EXPIRE + """
+return 1
+"""
+
+# ARGV: now, lease seconds, lease ids...: (re)adds each id with a fresh lease.
+RENEW = _NOW + _LEASE + """
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+end
+""" + _EXPIRE + """
+return 0
+"""
+
+
+def connect(url: str, timeout: float, connections: int) -> Redis:
+    """A client for ``url`` (redis://, rediss://, unix://) that fails fast: ``timeout`` for
+    connecting, for every reply, and for a free connection among ``connections``. A command is
+    sent again once, at once, only when its connection turns out closed (a store restarted since
+    it was last used), never after a timeout."""
+    if urlsplit(url).scheme == "redis+sentinel":
+        raise ValueError("redis+sentinel:// is not supported yet: name the master with redis://")
+    pool = BlockingConnectionPool.from_url(url, max_connections=connections, timeout=timeout, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout,
+                                           retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    return Redis.from_pool(pool)
+
+
+class RedisStore:
+    """One process's link to the state store: health, reconnection, and the leases it holds.
+
+    ``configure(state)`` at start and on every reload: the same ``state`` changes nothing,
+    another one closes the old client and opens the new one, ``None`` leaves every view on its
+    per-process counters.
+    """
+
+    def __init__(self, *, lease: float = 30.0, timeout: float = 0.25, retry: float = 0.25, retry_max: float = 5.0,
+                 connections: int = 16, clock: Callable[[], float] | None = None) -> None:
+        self.lease = lease
+        self.timeout = timeout
+        self.connections = connections
+        self.retry = retry
+        self.retry_max = retry_max
+        self.clock = clock  # None: the store's clock (tests pass their own)
+        self.state: State | None = None
+        self.prefix = ""
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._up = False
+        self._views: weakref.WeakSet[RedisCounters] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._ids = 0
+        self._token = os.urandom(6).hex()
+
+    @property
+    def up(self) -> bool | None:
+        """None without a store; else whether the counters are shared right now."""
+        return None if self.state is None else self._up
+
+    def counters(self, scope: str) -> RedisCounters:
+        """The view of one listener."""
+        view = RedisCounters(self, scope)
+        self._views.add(view)
+        return view
+
+    async def configure(self, state: State | None) -> None:
+        """Share through ``state`` (None: per process), waiting at most ``timeout`` for the store."""
+        if state == self.state:
+            return
+        await self.close()
+        self.state = state
+        if state is None:
+            return
+        self.prefix = state.prefix
+        try:
+            client = connect(state.redis, self.timeout, self.connections)
+        except ValueError as exc:  # the URL passed the policy's pattern but not the client
+            log.error("state store not used, limits are per process: %s", exc)
+            return
+        self._client = client
+        self._scripts = {name: client.register_script(body) for name, body in (("window", WINDOW), ("open", OPEN), ("renew", RENEW))}
+        self._start(self._renewing())
+        failure = await self._probe(client)
+        if failure is None:
+            self._shared("reachable")
+        else:
+            self._down(failure)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        client, self._client, self._up, self.state = self._client, None, False, None
+        if client is not None:
+            await client.aclose()
+
+    def new_id(self) -> str:
+        self._ids += 1
+        return f"{self._token}:{self._ids:x}"
+
+    def now(self) -> float:
+        return -1.0 if self.clock is None else self.clock()
+
+    async def call(self, name: str, key: str, args: list[str | float]) -> object:
+        """Run a script if the store is up; None when it is not or fails (then it is down)."""
+        return await self.attempt(lambda client: self._scripts[name](keys=[key], args=args, client=client))
+
+    async def attempt(self, work: Callable[[Redis], Awaitable[T]]) -> T | None:
+        client = self._client
+        if client is None or not self._up:
+            return None
+        try:
+            return await work(client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(client, exc)
+            return None
+
+    def _lost(self, client: Redis, exc: BaseException) -> None:
+        if client is self._client and self._up:
+            self._down(exc)
+
+    def _down(self, exc: BaseException) -> None:
+        self._up = False
+        log.warning("%s (%s: %s)", UNREACHABLE, type(exc).__name__, exc)
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._start(self._reconnect())
+
+    def _shared(self, how: str) -> None:
+        self._up = True
+        log.info("state store %s: limits are shared", how)
+
+    def _start(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _probe(self, client: Redis) -> BaseException | None:
+        """None if the store answers and holds this process's leases again, else why not."""
+        try:
+            await client.ping()
+            await self._renew(client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return exc
+        return None
+
+    async def _reconnect(self) -> None:
+        """Ping with backoff until the store answers, then share again."""
+        client = self._client
+        assert client is not None
+        delay = self.retry
+        while True:
+            await asyncio.sleep(delay)
+            if await self._probe(client) is None:
+                break
+            delay = min(delay * 2, self.retry_max)
+        self._shared("reachable again")
+
+    async def _renewing(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            await self.attempt(self._renew)
+
+    async def _renew(self, client: Redis) -> None:
+        """Give every connection this process has open a fresh lease (adding those missing)."""
+        batch = [(view.key(address), ids) for view in list(self._views) for address, ids in view.open.items() if ids]
+        if not batch:
+            return
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ids in batch:
+                await self._scripts["renew"](keys=[key], args=[self.now(), self.lease, *ids], client=pipe)
+            await pipe.execute()
+
+
+class RedisCounters:
+    """``Counters`` of one listener on the shared store, per process while it is down."""
+
+    def __init__(self, store: RedisStore, scope: str) -> None:
+        self.store = store
+        self.scope = scope
+        self.local = InMemoryCounters()
+        self.open: dict[str, list[str]] = {}  # address -> lease ids of this process's open connections
+
+    def key(self, address: str) -> str:
+        return f"{self.store.prefix}conn:{self.scope}:{address}"
+
+    def _window_key(self, kind: str, address: str, window: float) -> str:
+        return f"{self.store.prefix}win:{self.scope}:{kind}:{window:g}:{address}"
+
+    async def open_connection(self, address: str, limit: int | None) -> bool:
+        store = self.store
+        lease = store.new_id()
+        counted = await store.call("open", self.key(address), [store.now(), store.lease, -1 if limit is None else limit, lease])
+        if counted is None:
+            counted = limit is None or len(self.open.get(address, ())) < limit
+        if counted:
+            self.open.setdefault(address, []).append(lease)
+        return bool(counted)
+
+    async def close_connection(self, address: str) -> None:
+        ids = self.open.get(address)
+        if not ids:
+            return
+        lease = ids.pop()
+        if not ids:
+            del self.open[address]
+        await self.store.attempt(lambda client: client.zrem(self.key(address), lease))
+
+    async def _window(self, kind: str, address: str, window: float, limit: int | None, record: bool) -> tuple[bool, int] | None:
+        store = self.store
+        args: list[str | float] = [store.now(), window / BUCKETS, -1 if limit is None else limit, int(record)]
+        reply = await store.call("window", self._window_key(kind, address, window), args)
+        if reply is None:
+            return None
+        assert isinstance(reply, list)
+        recorded, total = bool(reply[0]), int(reply[1])
+        if recorded:
+            await self.local.hit(kind, address, window)
+        return recorded, total
+
+    async def take(self, kind: str, address: str, limit: int | None, window: float = HOUR) -> bool:
+        shared = await self._window(kind, address, window, limit, True)
+        return await self.local.take(kind, address, limit, window) if shared is None else shared[0]
+
+    async def hit(self, kind: str, address: str, window: float = HOUR) -> int:
+        shared = await self._window(kind, address, window, None, True)
+        return await self.local.hit(kind, address, window) if shared is None else shared[1]
+
+    async def count(self, kind: str, address: str, window: float = HOUR) -> int:
+        shared = await self._window(kind, address, window, None, False)
+        return await self.local.count(kind, address, window) if shared is None else shared[1]
