@@ -7,19 +7,14 @@ import io
 from dataclasses import replace
 from pathlib import Path
 
-from netpolicy.model.effective import EffectivePolicy
+from netpolicy.model.effective import effective_policy
 from netpolicy.model.hat import Decision
+from netpolicy.model.policy import Behavior, MailFlowPolicy, PolicyParams
 from netpolicy.smtp.maillog import MailLog
 
 
-def decision(group: str, match: str, behavior: str) -> Decision:
-    policy = EffectivePolicy(
-        name="P", behavior=behavior, max_msgs_per_session=None, max_rcpts_per_msg=None,  # type: ignore[arg-type]
-        max_message_size=None, max_concurrency=None, max_rcpts_per_hour=None, rate_limit_code=452,
-        rate_limit_text="", smtp_banner_code=220, smtp_banner_text="", reject_banner_code=554,
-        reject_banner_text="", tls="off", dhap_limit=None, dhap_code=550, dhap_text="",
-        promote_after=None, promote_for=3600,
-    )
+def decision(group: str, match: str, behavior: Behavior) -> Decision:
+    policy = effective_policy("P", MailFlowPolicy(behavior=behavior), PolicyParams())
     return Decision("IncomingMail", "127.0.0.99", group, match, policy)
 
 
