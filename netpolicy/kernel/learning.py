@@ -80,12 +80,13 @@ class Learning:
 
 
 class Deadlines:
-    """(listener, address) -> deadline, with expired keys dropped in deadline order and a count
-    per listener. Not thread-safe: each owner keeps its own (the learner on the event loop, the
-    reconciler under its lock)."""
+    """(listener, address) -> deadline (and a note), with expired keys dropped in deadline
+    order and a count per listener. Not thread-safe: each owner keeps its own (the learner on
+    the event loop, the reconciler under its lock)."""
 
     def __init__(self) -> None:
         self._at: dict[Key, float] = {}
+        self._notes: dict[Key, tuple[str, str]] = {}
         self._heap: list[tuple[float, str, str]] = []
         self._per: Counter[str] = Counter()
 
@@ -98,16 +99,21 @@ class Deadlines:
     def get(self, key: Key) -> float | None:
         return self._at.get(key)
 
+    def note(self, key: Key) -> tuple[str, str] | None:
+        return self._notes.get(key)
+
     def count(self, listener: str) -> int:
         return self._per[listener]
 
     def counts(self) -> dict[str, int]:
         return {name: n for name, n in self._per.items() if n}
 
-    def put(self, key: Key, deadline: float) -> None:
+    def put(self, key: Key, deadline: float, note: tuple[str, str] | None = None) -> None:
         if key not in self._at:
             self._per[key[0]] += 1
         self._at[key] = deadline
+        if note is not None:
+            self._notes[key] = note
         heapq.heappush(self._heap, (deadline, *key))
         if len(self._heap) > 2 * len(self._at) + 1024:  # replaced deadlines left behind
             self._heap = [(at, *k) for k, at in self._at.items()]
@@ -118,6 +124,7 @@ class Deadlines:
         at = self._at.get(key)
         if at is not None and (deadline is None or at == deadline):
             del self._at[key]
+            self._notes.pop(key, None)
             self._per[key[0]] -= 1
 
     def expire(self, now: float) -> None:
@@ -129,6 +136,7 @@ class Deadlines:
 
     def clear(self) -> None:
         self._at.clear()
+        self._notes.clear()
         self._heap.clear()
         self._per.clear()
 
@@ -152,8 +160,10 @@ class Learner:
         self._full: set[str] = set()
         self._clock = clock
 
-    def offer(self, listener: str, address: str, seconds: int, generation: str) -> bool:
-        """Queue ``address`` for ``seconds`` unless it is held already or ``listener`` is full."""
+    def offer(self, decision: Decision, seconds: int, generation: str) -> bool:
+        """Queue ``decision``'s address for ``seconds`` unless it is held already or its
+        listener is full."""
+        listener, address = decision.listener, decision.address
         now = self._clock()
         self._held.expire(now)
         key = (listener, address)
@@ -168,10 +178,16 @@ class Learner:
             return False
         self._full.discard(listener)
         deadline = now + seconds
-        self._held.put(key, deadline)
+        self._held.put(key, deadline, (decision.sender_group, decision.match))
         self._queue.append(Learning(listener, address, seconds, deadline, generation))
         self._wake.set()
         return True
+
+    def why(self, listener: str, address: str) -> tuple[str, str] | None:
+        """(sender group, match) of the decision ``address`` is held for on ``listener``: what
+        a kernel refusal of it logs (the address alone would decide otherwise)."""
+        self._held.expire(self._clock())
+        return self._held.note((listener, address))
 
     def held(self) -> dict[str, int]:
         """Addresses held per listener now (their deadlines not passed)."""

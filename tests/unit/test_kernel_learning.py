@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from netpolicy.kernel.learning import Deadlines, Learner, Learning, learn_seconds
 from netpolicy.model.entries import AnswerPattern
-from netpolicy.model.hat import Fact, build_hat_indexes
+from netpolicy.model.hat import Decision, Fact, build_hat_indexes
 from netpolicy.model.policy import Policy, Reputation, ReputationSource
 from netpolicy.model.reputation import reputation_score
 from tests.support.policies import make_policy
@@ -106,6 +107,15 @@ def test_what_is_not_learned() -> None:
     assert decision.behavior == "tcprefuse" and learn_seconds(decision, unkerneled.listeners[0], 3600) is None
 
 
+BLOCKED = build_hat_indexes(make_policy([("G", "tcprefuse")], {"G": ["dnslist[z1.test]"]}))["L"].decide(
+    "10.0.0.1", dnslisted=lambda zone, pattern: True)
+
+
+def refusal(listener: str, address: str) -> Decision:
+    """A TCPREFUSE by a DNS list, of ``address`` on ``listener``."""
+    return replace(BLOCKED, listener=listener, address=address)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -130,11 +140,11 @@ def test_deadlines_expire_in_order_and_count_per_listener() -> None:
 def test_an_address_held_or_queued_is_not_offered_twice() -> None:
     clock = Clock()
     learner = Learner(clock=clock)
-    assert learner.offer("In", "192.0.2.1", 60, "g1")
-    assert not learner.offer("In", "192.0.2.1", 60, "g1")
-    assert learner.offer("Other", "192.0.2.1", 60, "g1")  # another listener's set
+    assert learner.offer(refusal("In", "192.0.2.1"), 60, "g1")
+    assert not learner.offer(refusal("In", "192.0.2.1"), 60, "g1")
+    assert learner.offer(refusal("Other", "192.0.2.1"), 60, "g1")  # another listener's set
     clock.now += 60
-    assert learner.offer("In", "192.0.2.1", 60, "g1")  # its time ran out
+    assert learner.offer(refusal("In", "192.0.2.1"), 60, "g1")  # its time ran out
     assert learner.held() == {"In": 1}
 
 
@@ -142,11 +152,11 @@ def test_past_the_cap_nothing_is_learned_until_entries_expire(caplog: pytest.Log
     clock = Clock()
     learner = Learner(cap=3, clock=clock)
     caplog.set_level(logging.WARNING, logger="netpolicy.learning")
-    assert [learner.offer("In", f"192.0.2.{i}", 10 + i, "g1") for i in range(5)] == [True, True, True, False, False]
+    assert [learner.offer(refusal("In", f"192.0.2.{i}"), 10 + i, "g1") for i in range(5)] == [True, True, True, False, False]
     assert learner.skipped == {"In": 2} and learner.held() == {"In": 3}
     assert len(caplog.records) == 1 and "holds 3 learned refusals" in caplog.records[0].getMessage()
     clock.now += 10
-    assert learner.offer("In", "192.0.2.9", 10, "g1")  # the first one expired: room for one
+    assert learner.offer(refusal("In", "192.0.2.9"), 10, "g1")  # the first one expired: room for one
 
 
 class Sink:
@@ -165,9 +175,9 @@ def test_batches_reach_the_sink_and_what_it_drops_may_be_learned_again() -> None
 
     async def scenario() -> None:
         task = asyncio.create_task(learner.run(sink))
-        learner.offer("In", "192.0.2.1", 60, "g1")  # decided under the policy just replaced
-        learner.offer("In", "192.0.2.2", 60, "g2")
-        learner.offer("In", "192.0.2.3", 60, "g2")
+        learner.offer(refusal("In", "192.0.2.1"), 60, "g1")  # decided under the policy just replaced
+        learner.offer(refusal("In", "192.0.2.2"), 60, "g2")
+        learner.offer(refusal("In", "192.0.2.3"), 60, "g2")
         await wait_until_async(lambda: sum(learner.learned.values()) > 0, "the batch settled")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -176,11 +186,22 @@ def test_batches_reach_the_sink_and_what_it_drops_may_be_learned_again() -> None
     asyncio.run(scenario())
     assert [[i.address for i in b] for b in sink.batches] == [["192.0.2.1", "192.0.2.2", "192.0.2.3"]]
     assert learner.learned == {"In": 2} and learner.held() == {"In": 2}
-    assert learner.offer("In", "192.0.2.1", 60, "g2")
+    assert learner.offer(refusal("In", "192.0.2.1"), 60, "g2")
+
+
+def test_a_held_address_keeps_the_reason_it_was_refused_for() -> None:
+    """What the kernel's refusal of it logs: the DNS list, not what its address alone decides."""
+    clock = Clock()
+    learner = Learner(clock=clock)
+    learner.offer(refusal("In", "192.0.2.1"), 60, "g1")
+    assert learner.why("In", "192.0.2.1") == ("G", "dnslist[z1.test]")
+    assert learner.why("Other", "192.0.2.1") is None
+    clock.now += 60
+    assert learner.why("In", "192.0.2.1") is None
 
 
 def test_forget_empties_what_is_held() -> None:
     learner = Learner()
-    learner.offer("In", "192.0.2.1", 60, "g1")
+    learner.offer(refusal("In", "192.0.2.1"), 60, "g1")
     learner.forget()
-    assert learner.held() == {} and learner.offer("In", "192.0.2.1", 60, "g2")
+    assert learner.held() == {} and learner.offer(refusal("In", "192.0.2.1"), 60, "g2")
