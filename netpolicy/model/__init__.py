@@ -8,9 +8,11 @@ Both flows start here (see README "Layout"):
 Modules: ``policy`` (the pydantic model of the file), ``loader`` and ``yamltree`` (text ->
 policy, every problem as ``file:line``), ``references`` (names that must exist), ``effective``
 (a policy's parameters after the listener's defaults), ``entries`` (sender-group entries),
+``lists`` and ``geoip`` (``file:`` lists and ``country[...]`` entries as address intervals),
 ``intervals`` (the address arithmetic both flows share), ``hat`` (the Host Access Table
 engine), ``compiler`` and ``plan`` (the kernel's share), ``hat_import`` (appliance exports).
-Nothing here opens a socket or touches the kernel; the one file read is the policy's own.
+Nothing here opens a socket or touches the kernel; the files read are the policy, the lists it
+names and its GeoIP database, all by the loader.
 
 The names below load their module on first use (PEP 562): importing ``netpolicy.model.plan``
 or reading ``DEFAULT_POLICY_PATH`` must not build the pydantic model, which is most of a

@@ -176,13 +176,15 @@ class AddressSetEntry:
 
     Held as merged, sorted intervals per family rather than one ``AddressEntry`` per line, which
     is what lets a million-line list load and compile in seconds. ``digest`` identifies the
-    content, so the policy generation changes when the file or the database does.
+    content, so the policy generation changes when the file or the database does; ``source`` is
+    the absolute path of the file it was read from (the list, or the GeoIP database).
     """
 
     text: str
     v4: tuple[tuple[int, int], ...]
     v6: tuple[tuple[int, int], ...]
     digest: str
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ class Decision:
     score: float | None = None
     scored: bool = False  # the policy has a reputation block, so ``score`` was asked for
     dns_ttl: float | None = None  # shortest TTL of the DNS facts asked; None when none was
+    country: str | None = None  # from the policy's GeoIP database, when it has one
 
     @property
     def behavior(self) -> str:
@@ -144,6 +145,7 @@ class HatIndex:
         groups = groups if groups is not None else build_groups(policy)
         self.listener = listener
         self.reputation = policy.reputation
+        self.countries = policy.geoip.table if policy.geoip is not None else None
         self.rows: list[tuple[GroupIndex, EffectivePolicy]] = []
         for row in listener.hat:
             mfp = policy.mail_flow_policies[row.policy]
@@ -153,6 +155,7 @@ class HatIndex:
         """The decision for ``address``. The score is asked first whenever the policy has a
         reputation block: the decision line carries it (` SBRS -6.0`) whatever row decides."""
         family, value = address_to_int(address)
+        country = None if self.countries is None else self.countries.country_of_value(family, value)
         hostname: str | None = None
         asked_hostname = False
         score: float | None = None
@@ -178,7 +181,7 @@ class HatIndex:
                     break
             if match is not None:
                 return Decision(self.listener.name, address, group.name, match, policy, hostname,
-                                score=score, scored=self.reputation is not None)
+                                score=score, scored=self.reputation is not None, country=country)
         raise AssertionError("a validated HAT ends with ALL")  # references.py guarantees it
 
     def decide(self, address: str, hostname: str | None = None,

@@ -18,7 +18,7 @@ import heapq
 import ipaddress
 import socket
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -140,10 +140,42 @@ def merge(intervals: Iterable[_Span]) -> list[_Span]:
     return _joined(sorted_in_steps(list(intervals), itemgetter(0)))  # by start: ends need no order
 
 
-def union(a: list[_Span], b: list[_Span]) -> list[_Span]:
+# One side this many times shorter than the other: bisect into the longer one per interval of
+# the shorter instead of a pass over both (a 1M-line list against its 50k networks, or a
+# 1,000-host whitelist carved out of it: 0.7 s for the pass, tens of ms for the bisects).
+_LOPSIDED = 16
+
+
+def union(a: Sequence[_Span], b: Sequence[_Span]) -> list[_Span]:
     """``merge(a + b)`` for two lists ``merge`` returned: ``sorted`` finds the two runs and
     merges them in linear time (tens of ms for 1M), so no steps are needed."""
-    return _joined(sorted(a + b, key=itemgetter(0)))
+    if len(a) < len(b):
+        a, b = b, a
+    if len(b) * _LOPSIDED < len(a):
+        return _absorb(a, b)
+    return _joined(sorted([*a, *b], key=itemgetter(0)))
+
+
+def _absorb(big: Sequence[_Span], small: Sequence[_Span]) -> list[_Span]:
+    """``union`` of two merged lists, ``small`` much the shorter: what lies between the
+    intervals of ``small`` is copied from ``big`` by slices."""
+    out: list[_Span] = []
+    done = 0  # intervals of ``big`` before this index are in ``out``
+    for low, high in small:
+        i = bisect_left(big, low - 1, done, key=_LAST)  # first that ends at or after low - 1
+        j = bisect_right(big, high + 1, i, key=_FIRST)  # first that starts after high + 1
+        out += big[done:i]
+        start, end = (min(low, big[i][0]), max(high, big[j - 1][1])) if i < j else (low, high)
+        if out and out[-1][1] + 1 >= start:  # joins what the previous interval of ``small`` made
+            previous = out.pop()
+            start, end = previous[0], max(end, previous[1])
+        out.append((start, end))
+        done = j
+    out += big[done:]
+    return out
+
+
+_FIRST, _LAST = itemgetter(0), itemgetter(1)
 
 
 def _joined(spans: list[_Span]) -> list[_Span]:
@@ -160,6 +192,8 @@ def _joined(spans: list[_Span]) -> list[_Span]:
 
 def subtract(base: Sequence[_Span], holes: Sequence[_Span]) -> list[_Span]:
     """``base - holes``; both sorted and disjoint (as ``merge`` returns them)."""
+    if len(holes) * _LOPSIDED < len(base):
+        return _carve(base, holes)
     out: list[_Span] = []
     j = 0
     for start, end in base:
@@ -175,6 +209,38 @@ def subtract(base: Sequence[_Span], holes: Sequence[_Span]) -> list[_Span]:
             k += 1
         if cur <= end:
             out.append((cur, end))
+    return out
+
+
+def _carve(base: Sequence[_Span], holes: Sequence[_Span]) -> list[_Span]:
+    """``subtract`` with few holes: a bisect into ``base`` per hole, slices copied between.
+    ``rest`` is what a hole left of the last interval it cut, which the next hole may cut too."""
+    out: list[_Span] = []
+    done = 0  # intervals of ``base`` before this index are in ``out`` (or in ``rest``)
+    rest: _Span | None = None
+    for low, high in holes:
+        if rest is not None:
+            if rest[1] < low:
+                out.append(rest)
+                rest = None
+            else:
+                if rest[0] < low:
+                    out.append((rest[0], low - 1))
+                rest = (high + 1, rest[1]) if rest[1] > high else None
+                if rest is not None:  # the hole ends inside it: nothing after it is touched
+                    continue
+        i = bisect_left(base, low, done, key=_LAST)  # first that ends at or after low
+        j = bisect_right(base, high, i, key=_FIRST)  # first that starts after high
+        out += base[done:i]
+        if i < j:
+            if base[i][0] < low:
+                out.append((base[i][0], low - 1))
+            if base[j - 1][1] > high:
+                rest = (high + 1, base[j - 1][1])
+        done = j
+    if rest is not None:
+        out.append(rest)
+    out += base[done:]
     return out
 
 

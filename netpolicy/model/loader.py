@@ -4,6 +4,10 @@ The YAML is read into plain data with a path -> line map (``yamltree``, which bo
 then validated by the pydantic model and the reference rules. Every problem found is reported at
 once; nothing is applied from a file that has any.
 
+``file:`` lists and ``country[...]`` entries are read once the document is valid and replaced
+by the addresses they hold (``lists``, ``geoip``): the rest of netpolicy only meets address
+sets. A list's problems read ``lists/drop.txt:LINE: message``, listed with the policy's own.
+
 Bounds of its own: at most ``MAX_POLICY_BYTES`` of file (a 1M-entry sender group is 20.5 MiB),
 and sender-group entries are parsed here rather than by pydantic, whose errors cost ~25 µs and
 ~2 KB each: 2M bad entries take 150 s and 7 GB there, 9 s and 0.6 GB here. Only
@@ -21,7 +25,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from netpolicy.model.entries import Entry, EntryError, parse_entry
+from netpolicy.model.entries import (
+    AddressSetEntry,
+    CountryEntry,
+    Entry,
+    EntryError,
+    ListFileEntry,
+    parse_entry,
+)
+from netpolicy.model.geoip import CountryTable, GeoIPError, load_table
+from netpolicy.model.lists import forget_except as forget_lists_except
+from netpolicy.model.lists import read_list
 from netpolicy.model.policy import Policy
 from netpolicy.model.references import PolicyProblem, reference_problems
 from netpolicy.model.yamltree import Refused, YamlData, read_yaml
@@ -81,7 +95,7 @@ def parse_policy(text: str, name: str = "<policy>") -> Policy:
         raise PolicyError([*located, PolicyProblem.at(name, 1, "the policy file is empty")])
     if not isinstance(data, dict):
         raise PolicyError([*located, PolicyProblem.at(name, 1, "the policy must be a mapping")])
-    entry_problems, unlisted, kept = _parse_entries(data)
+    entry_problems, unlisted, kept, outside = _parse_entries(data)
     located += [_locate(name, read, p) for p in entry_problems]
     try:
         policy = Policy.model_validate(data)
@@ -90,23 +104,80 @@ def parse_policy(text: str, name: str = "<policy>") -> Policy:
         located += [_locate(name, read, p) for p in problems if p.path not in read.unreadable]
         raise PolicyError(_capped(located, unlisted)) from None
     located += [_locate(name, read, _original_index(p, kept)) for p in reference_problems(policy)]
+    policy, outside_problems, more = _read_outside(policy, name, outside)
+    located += [p if p.file else _locate(name, read, _original_index(p, kept)) for p in outside_problems]
     if located:
-        raise PolicyError(_capped(located, unlisted))
+        raise PolicyError(_capped(located, unlisted + more))
     return policy
 
 
-def _parse_entries(data: dict[Any, Any]) -> tuple[list[PolicyProblem], int, dict[str, list[int]]]:
+def _read_outside(policy: Policy, name: str, outside: list[tuple[str, int]]) -> tuple[Policy, list[PolicyProblem], int]:
+    """Replace every ``file:`` and ``country[...]`` entry (at ``outside``) by the addresses its
+    file or the GeoIP database holds. Paths are relative to the policy file's directory, and a
+    list's problems are shown under the path as the policy names it (``lists/drop.txt:7: ...``).
+    Returns the policy, the problems (a list's lines already located) and how many more."""
+    home = os.path.dirname(os.path.abspath(name))
+    shown_home = os.path.dirname(name)
+    problems: list[PolicyProblem] = []
+    unlisted = 0
+    table: CountryTable | None = None
+    if policy.geoip is not None:
+        try:
+            table = load_table(os.path.normpath(os.path.join(home, policy.geoip.database)))
+            policy.geoip._table = table
+        except GeoIPError as exc:
+            problems.append(PolicyProblem(("geoip", "database"), f"geoip.database: {exc}"))
+    read: list[str] = []
+    groups: dict[str, list[Entry]] = {}
+    for group, i in outside:
+        entries = groups.setdefault(group, list(policy.sender_groups[group]))
+        entry = entries[i]
+        if isinstance(entry, CountryEntry):
+            if table is not None:
+                entries[i] = table.entry(entry.text, entry.codes)
+            continue
+        assert isinstance(entry, ListFileEntry)
+        path, shown = os.path.join(home, entry.path), os.path.join(shown_home, entry.path)
+        try:
+            content = read_list(path, MAX_REPORTED)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            problems.append(PolicyProblem(("sender_groups", group, i), f"sender_groups.{_name(group)}.{i}: cannot read {shown}: {reason}"))
+            continue
+        problems += [PolicyProblem.at(shown, line, message) for line, message in content.problems]
+        unlisted += content.unlisted
+        read.append(os.path.normpath(path))
+        entries[i] = AddressSetEntry(entry.text, content.v4, content.v6, content.digest, read[-1])
+    forget_lists_except(read)
+    if groups:
+        policy = policy.model_copy(update={"sender_groups": {**policy.sender_groups, **groups}})
+    return policy, problems, unlisted
+
+
+def source_files(policy: Policy) -> tuple[str, ...]:
+    """Absolute paths of every file the policy was read from besides itself: its ``file:``
+    lists and its GeoIP database (what serve watches to reload when one changes)."""
+    paths = {e.source for entries in policy.sender_groups.values() for e in entries if e.__class__ is AddressSetEntry}
+    if policy.geoip is not None and policy.geoip.table is not None:
+        paths.add(policy.geoip.table.path)
+    paths.discard("")
+    return tuple(sorted(paths))
+
+
+def _parse_entries(data: dict[Any, Any]) -> tuple[list[PolicyProblem], int, dict[str, list[int]], list[tuple[str, int]]]:
     """Parse sender-group entries in place; a bad one is a problem and is left out.
 
-    Returns the first ``MAX_REPORTED`` problems, how many more there are, and for each group that
-    lost entries the file index of each kept one.
+    Returns the first ``MAX_REPORTED`` problems, how many more there are, for each group that
+    lost entries the file index of each kept one, and where (group, index among the parsed)
+    the ``file:`` and ``country[...]`` entries are, whose addresses are read after validation.
     """
     groups = data.get("sender_groups")
     if not isinstance(groups, dict):
-        return [], 0, {}
+        return [], 0, {}, []
     problems: list[PolicyProblem] = []
     unlisted = 0
     kept: dict[str, list[int]] = {}
+    outside: list[tuple[str, int]] = []
     for group, texts in groups.items():
         if not isinstance(texts, list):
             continue
@@ -114,7 +185,10 @@ def _parse_entries(data: dict[Any, Any]) -> tuple[list[PolicyProblem], int, dict
         indexes: list[int] = []
         for i, text in enumerate(texts):
             try:
-                parsed.append(parse_entry(text))
+                entry = parse_entry(text)
+                if entry.__class__ in _OUTSIDE:
+                    outside.append((group, len(parsed)))
+                parsed.append(entry)
                 indexes.append(i)
             except EntryError as exc:
                 if len(problems) < MAX_REPORTED:
@@ -124,7 +198,10 @@ def _parse_entries(data: dict[Any, Any]) -> tuple[list[PolicyProblem], int, dict
         if len(parsed) < len(texts):
             kept[group] = indexes
         groups[group] = parsed
-    return problems, unlisted, kept
+    return problems, unlisted, kept, outside
+
+
+_OUTSIDE = frozenset({ListFileEntry, CountryEntry})
 
 
 def _original_index(problem: PolicyProblem, kept: dict[str, list[int]]) -> PolicyProblem:

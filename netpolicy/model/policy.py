@@ -21,7 +21,8 @@ import hashlib
 import ipaddress
 import json
 import re
-from typing import Annotated, Any, Literal, cast, get_args
+import urllib.parse
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -30,16 +31,29 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     StringConstraints,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from netpolicy.model.entries import LISTING, AnswerPattern, Entry, EntryError, parse_answer_pattern, parse_entry
+from netpolicy.model.entries import (
+    LISTING,
+    AddressSetEntry,
+    AnswerPattern,
+    Entry,
+    EntryError,
+    parse_answer_pattern,
+    parse_entry,
+)
+
+if TYPE_CHECKING:
+    from netpolicy.model.geoip import CountryTable
 
 Behavior = Literal["accept", "reject", "tcprefuse", "relay", "continue"]
 TlsMode = Literal["off", "preferred", "required"]
+StrictBool = Annotated[bool, Field(strict=True)]  # `spam_check: 1` is a typo, not a switch
 # Counts fit in 32 bits; anything larger is a typo, not a limit.
 PositiveInt = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
 FailureCode = Annotated[int, Field(strict=True, ge=400, le=599)]
@@ -74,10 +88,18 @@ def _parse_entry(value: object) -> Entry:
         raise ValueError(str(exc)) from None
 
 
+def _entry_text(entry: Entry) -> str:
+    """An entry as written; a list or a country set also by its content's digest, so the
+    generation (a hash of the dump) changes when the file or the database does."""
+    if isinstance(entry, AddressSetEntry):
+        return f"{entry.text} (sha256 {entry.digest})"
+    return entry.text
+
+
 SenderEntry = Annotated[
     Any,
     BeforeValidator(_parse_entry),
-    PlainSerializer(lambda e: e.text, return_type=str),
+    PlainSerializer(_entry_text, return_type=str),
     WithJsonSchema({"type": "string", "description": "address, partial address, range, CIDR, host name, .domain, dnslist[zone], score[a:b], country[CC,..] or file:PATH"}),
 ]
 
@@ -110,6 +132,12 @@ class PolicyParams(StrictModel):
     # ipset's largest timeout (2,147,483 s, about 24.8 days) bounds both backends alike.
     promote_for: Annotated[int, Field(strict=True, gt=0, le=2_147_483)] | None = Field(
         None, description="seconds a promoted host stays refused")
+    # Message checks (SPEC.md section 8), asked of the policy's scanner at the end of DATA.
+    spam_check: StrictBool | None = Field(None, description="rspamd's spam rules")
+    virus_check: StrictBool | None = Field(None, description="rspamd's antivirus module (clamd behind it)")
+    spf: StrictBool | None = Field(None, description="verify SPF; results in Authentication-Results")
+    dkim: StrictBool | None = Field(None, description="verify DKIM signatures; results in Authentication-Results")
+    dmarc: StrictBool | None = Field(None, description="verify DMARC (runs SPF and DKIM for it); p=reject failures get 550")
 
 
 class MailFlowPolicy(PolicyParams):
@@ -132,6 +160,12 @@ class Delivery(StrictModel):
     maildir: FilePath | None = None
     next_hop: str | None = Field(None, description="host:port; 250 only after the next hop accepted")
     timeout: PositiveInt = Field(60, description="seconds to wait for the next hop")
+    forward_client: Literal["auto", "off"] = Field(
+        "auto", description="auto: XCLIENT when the next hop offers it, else XFORWARD, else only the Received header")
+    tls: Literal["none", "may", "encrypt"] = Field(
+        "none", description="STARTTLS towards the next hop: may (when offered, unverified) or encrypt (required, verified)")
+    tls_ca: FilePath | None = Field(
+        None, description="CA file the next hop's certificate is verified against with tls: encrypt (default: the system store)")
 
     @field_validator("next_hop")
     @classmethod
@@ -141,9 +175,11 @@ class Delivery(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _one_sink(self) -> "Delivery":
+    def _consistent(self) -> "Delivery":
         if (self.maildir is None) == (self.next_hop is None):
             raise ValueError("delivery needs exactly one of maildir or next_hop")
+        if self.tls_ca is not None and self.tls != "encrypt":
+            raise ValueError("tls_ca is only used with tls: encrypt")
         return self
 
 
@@ -242,6 +278,13 @@ class Reputation(StrictModel):
 
 class GeoIP(StrictModel):
     database: FilePath = Field(description="MaxMind DB file (GeoLite2-Country.mmdb or compatible); needed by country[...]")
+    # What the loader read from the file: the decision line's country comes from the same
+    # database as the policy's country[...] sets, even if the file changes before a reload.
+    _table: CountryTable | None = PrivateAttr(None)
+
+    @property
+    def table(self) -> CountryTable | None:
+        return self._table
 
 
 class State(StrictModel):
@@ -253,6 +296,51 @@ class State(StrictModel):
         "netpolicy:", description="prefix of every key netpolicy writes")
 
 
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+class Scanner(StrictModel):
+    """rspamd, asked about each message whose policy wants a check (SPEC.md section 8)."""
+
+    rspamd: str = Field(description="URL of rspamd's normal worker, http://host:port")
+    timeout: Annotated[float, Field(strict=True, gt=0.0, le=600.0, allow_inf_nan=False)] = Field(
+        20.0, description="seconds for one message's scan, sending included")
+    on_error: Literal["tempfail", "accept"] = Field(
+        "tempfail", description="scanner down, slow or answering garbage: tempfail (451 4.7.1) or accept (pass it on unscanned)")
+    # rspamd's antivirus module names each rule's symbol in its own configuration (rspamd's
+    # example rule: CLAM_VIRUS) and reports a scanner it could not ask as SYMBOL_FAIL; its
+    # answer carries no group, so the symbols that mean "a virus" are named here.
+    virus_symbols: list[str] = Field(["CLAM_VIRUS"], min_length=1, description="rspamd symbols that report a virus")
+
+    @field_validator("rspamd")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        split_rspamd_url(value)
+        return value
+
+    @field_validator("virus_symbols")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        for symbol in value:
+            if _SYMBOL.match(symbol) is None:
+                raise ValueError(f"{symbol[:80]!r} is not an rspamd symbol name (capitals, digits, underscores)")
+        return value
+
+
+def split_rspamd_url(text: str) -> tuple[str, int]:
+    """``http://host:port`` (``[v6]`` in brackets; port 80 when left out) as (host, port)."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port or 80
+    except ValueError:
+        raise ValueError(f"{text[:80]!r} is not an http://host:port URL") from None
+    host = url.hostname or ""
+    if url.scheme != "http" or not _is_host(host) or url.username or url.password or url.query or url.fragment \
+            or url.path not in ("", "/"):
+        raise ValueError(f"{text[:80]!r} is not an http://host:port URL (rspamd's normal worker)")
+    return host, port
+
+
 class Policy(StrictModel):
     version: Literal[1]
     listeners: list[Listener] = Field(min_length=1)
@@ -260,6 +348,7 @@ class Policy(StrictModel):
     mail_flow_policies: dict[Name, MailFlowPolicy]
     reputation: Reputation | None = None
     geoip: GeoIP | None = None
+    scanner: Scanner | None = None
     # ipset's largest timeout bounds it, as it bounds promote_for.
     state: State | None = None
     learn_refusals: Annotated[int, Field(strict=True, ge=0, le=2_147_483)] = Field(
@@ -281,4 +370,6 @@ class Policy(StrictModel):
     def generation(self) -> str:
         """A hash of the normalised policy: the same policy always has the same generation."""
         normal = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        if self.geoip is not None and self.geoip.table is not None:  # it names every decision's country
+            normal += self.geoip.table.digest
         return hashlib.sha256(normal.encode()).hexdigest()[:16]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from netpolicy.model.entries import AllEntry
-from netpolicy.model.policy import Policy
+from netpolicy.model.entries import AllEntry, CountryEntry, ScoreEntry
+from netpolicy.model.policy import Policy, PolicyParams
 
 Path = tuple[str | int, ...]
 
@@ -38,14 +38,23 @@ class PolicyProblem:
         return f"{self.file}:{self.line}: {message}"
 
 
+_CHECKED = frozenset({AllEntry, CountryEntry, ScoreEntry})
+
+
 def reference_problems(policy: Policy) -> list[PolicyProblem]:
     problems: list[PolicyProblem] = []
     for name, entries in policy.sender_groups.items():
         if name == "ALL":
             problems.append(PolicyProblem(("sender_groups", name), "ALL is built in and cannot be defined"))
         for i, entry in enumerate(entries):
+            if entry.__class__ not in _CHECKED:  # one set lookup per entry of a big group
+                continue
             if isinstance(entry, AllEntry):
                 problems.append(PolicyProblem(("sender_groups", name, i), "ALL is only valid as the HAT group ALL"))
+            elif isinstance(entry, CountryEntry) and policy.geoip is None:
+                problems.append(PolicyProblem(("sender_groups", name, i), f"{entry.text} needs a geoip block (the MaxMind DB countries are read from)"))
+            elif isinstance(entry, ScoreEntry) and policy.reputation is None:
+                problems.append(PolicyProblem(("sender_groups", name, i), f"{entry.text} needs a reputation block (the DNS lists the score is made of)"))
     seen_names: set[str] = set()
     seen_binds: set[tuple[str, int]] = set()
     for li, listener in enumerate(policy.listeners):
@@ -68,6 +77,7 @@ def reference_problems(policy: Policy) -> list[PolicyProblem]:
             problems.append(PolicyProblem(base, "tls_cert and tls_key go together"))
         if listener.tls_cert is None and _uses_tls(policy, li):
             problems.append(PolicyProblem(base, "a policy of this listener uses tls but the listener has no tls_cert/tls_key"))
+    problems += _scanner_problems(policy)
     return problems
 
 
@@ -99,3 +109,21 @@ def _uses_tls(policy: Policy, li: int) -> bool:
         if mfp is not None:
             modes.add(mfp.tls)
     return bool(modes & {"preferred", "required"})
+
+
+MESSAGE_CHECKS = ("spam_check", "virus_check", "spf", "dkim", "dmarc")
+
+
+def _scanner_problems(policy: Policy) -> list[PolicyProblem]:
+    """A check switched on (in a mail flow policy or a listener's defaults) needs the scanner
+    block that says where rspamd is; the problem points at the first check of each place."""
+    if policy.scanner is not None:
+        return []
+    places: list[tuple[Path, PolicyParams]] = [(("mail_flow_policies", name), mfp) for name, mfp in policy.mail_flow_policies.items()]
+    places += [(("listeners", li, "defaults"), listener.defaults) for li, listener in enumerate(policy.listeners)]
+    problems: list[PolicyProblem] = []
+    for path, params in places:
+        check = next((key for key in MESSAGE_CHECKS if getattr(params, key)), None)
+        if check is not None:
+            problems.append(PolicyProblem((*path, check), f"{check} needs a scanner block (where rspamd is)"))
+    return problems

@@ -1,6 +1,7 @@
 """Compiler: minimal refuse sets, hole carving, userland-only entries with their reasons."""
 
 from netpolicy.model.compiler import compile_policy
+from netpolicy.model.entries import AddressSetEntry
 from netpolicy.model.intervals import Interval, cidr_texts
 from netpolicy.model.plan import ListenerPlan, UserlandOnly
 from tests.support.policies import make_policy
@@ -72,3 +73,22 @@ def test_kernel_off_listener_has_empty_sets_and_says_why() -> None:
     lp = plan_of([("BL", "tcprefuse")], {"BL": ["10.6.6.6"]}, kernel=False)
     assert (lp.kernel, v4(lp), v6(lp)) == (False, (), ())
     assert lp.userland_only == (UserlandOnly("BL", "10.6.6.6", "kernel enforcement is off for this listener"),)
+
+
+def test_score_entries_are_userland_only_and_block_later_rows() -> None:
+    lp = plan_of([("BAD", "tcprefuse"), ("GOOD", "accept"), ("BL", "tcprefuse")],
+                 {"BAD": ["score[-10:-3]", "10.6.6.6"], "GOOD": ["score[3:10]"], "BL": ["10.66.0.0/16"]})
+    assert v4(lp) == ("10.6.6.6/32",)
+    assert lp.userland_only == (
+        UserlandOnly("BAD", "score[-10:-3]", "score entries cannot be decided in the kernel"),
+        UserlandOnly("BL", "10.66.0.0/16", "score entry score[3:10] of GOOD (accept) precedes it"),
+    )
+
+
+def test_address_sets_compile_like_address_entries() -> None:
+    listed = AddressSetEntry("file:drop.txt", ((0x0A000000, 0x0A0000FF), (0x0A000200, 0x0A000200)), ((1 << 64, 1 << 65),), "d1")
+    lp = plan_of([("OK", "accept"), ("BL", "tcprefuse")], {"OK": ["10.0.0.0/25"], "BL": [listed, "10.0.2.1"]})
+    assert v4(lp) == ("10.0.0.128/25", "10.0.2.0/31")
+    assert v6(lp) == ("0:0:0:1::/64", "0:0:0:2::/128")
+    blocked = plan_of([("P", "accept"), ("BL", "tcprefuse")], {"P": [".partner.test"], "BL": [listed]})
+    assert blocked.userland_only == (UserlandOnly("BL", "file:drop.txt", "host-name entry .partner.test of P (accept) precedes it"),)

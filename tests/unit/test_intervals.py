@@ -72,3 +72,35 @@ def test_big_sorts_go_in_steps_that_each_hold_the_interpreter_lock_briefly() -> 
         LabelledIndex.build([*spans, (0, 1 << 31)])  # overlapping entries: the boundary sweep sorts too
     assert max(lengths) <= 500
     assert merged == merge(sorted(spans)) and union(merged[::2], merged[1::2]) == merged
+
+
+def test_lopsided_union_and_subtract_match_brute_force() -> None:
+    """One side 16 times the other or more takes the bisecting path (``_absorb``, ``_carve``):
+    several holes inside one long interval, small intervals bridged by long ones."""
+    def addresses(spans: list[tuple[int, int]]) -> set[int]:
+        return {a for s, e in spans for a in range(s, e + 1)}
+
+    def spans(rng: random.Random, n: int, widest: int) -> list[tuple[int, int]]:
+        out = []
+        for _ in range(n):
+            start = rng.randrange(50_000)
+            out.append((start, start + rng.choice((0, 1, 3, rng.randrange(widest)))))
+        return merge(out)
+
+    rng = random.Random(12)
+    checked = 0
+    for _ in range(400):
+        big = spans(rng, 300, 600)
+        # the few: around one long interval of ``big`` (several cutting it, or bridging to its
+        # neighbours), and anywhere
+        long = max(rng.sample(big, 10), key=lambda span: span[1] - span[0])
+        near = [(lo, lo + rng.randrange(40)) for lo in (rng.randrange(long[0] - 50, long[1] + 50) for _ in range(3))]
+        small = merge(near + spans(rng, 2, 300))
+        if len(small) * intervals._LOPSIDED >= len(big):
+            continue
+        for got in (union(big, small), union(small, big), subtract(big, small)):
+            assert all(got[i][1] + 1 < got[i + 1][0] for i in range(len(got) - 1))  # sorted, disjoint, not touching
+        assert union(big, small) == merge(big + small) == union(small, big)
+        assert addresses(subtract(big, small)) == addresses(big) - addresses(small)
+        checked += 1
+    assert checked > 300
