@@ -4,6 +4,10 @@ The list ``bl.example.test`` answers 127.0.0.2, 127.0.0.10 and 127.255.255.254 (
 "query through a public resolver" error code) for three test addresses. The resolver must read
 the answers: list the first, list the second only under a pattern that names it, never list the
 third (logging it once and counting it), and take a stopped server for "not listed".
+
+The other resolver tests (test_resolver_dns.py) run against the tests' own dnslib server, which
+can fail, drop and delay names on demand; these stay on a packaged server so the resolver is also
+proven against answers it did not write.
 """
 
 from __future__ import annotations
