@@ -74,7 +74,7 @@ class DnsResolver:
 
     def __init__(self, timeout: float = 3.0, resolver: dns.asyncresolver.Resolver | None = None) -> None:
         self.timeout = timeout
-        self._resolver = resolver or dns.asyncresolver.Resolver()
+        self._resolver = resolver or _system_resolver()
         self._resolver.lifetime = timeout
         self._cache = TtlCache()
         self._asking: dict[tuple[str, str], asyncio.Task[tuple[list[str] | None, float]]] = {}
@@ -181,6 +181,18 @@ class DnsResolver:
             return None if found is None else self._judge(zone, found, pattern)
 
         return Fact(reputation_score(reputation, listed), ttl)
+
+def _system_resolver() -> dns.asyncresolver.Resolver:
+    """The system's resolver configuration (/etc/resolv.conf). Without a name server there, the
+    local host's, as glibc's resolver and so Postfix do, rather than no serve at all."""
+    try:
+        return dns.asyncresolver.Resolver()
+    except dns.resolver.NoResolverConfiguration:
+        log.warning("/etc/resolv.conf names no name server: asking 127.0.0.1")
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        return resolver
+
 
 def _negative_ttl(responses: Iterable[dns.message.Message]) -> float:
     """How long a negative answer holds: its SOA's TTL and minimum (dnspython's chaining result

@@ -8,10 +8,12 @@ queries the server received) and the reputation score from several lists asked a
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from netpolicy.model.policy import Reputation, ReputationSource
-from tests.support.dns_server import DnsServer, Record, Zone, dnslist_name, reverse_name
+from tests.support.dns_server import DnsServer, Record, Zone, dnslist_name, resolv_conf, reverse_name
+from tests.support.netns import NetPair
 
 V4, V6 = "192.0.2.10", "2001:db8::25"
 REVERSE_V4, REVERSE_V6 = "2.0.192.in-addr.arpa", "8.b.d.0.1.0.0.2.ip6.arpa"
@@ -175,6 +177,16 @@ async def test_a_question_left_by_a_timed_out_score_serves_the_next_connection(d
     assert (await resolver.score(V4, reputation(("late.test", -5.0, None), timeout=0.2))).value is None
     assert (await resolver.score(V4, reputation(("late.test", -5.0, None), timeout=1.0))).value == -5.0
     assert dns_server.queries(dnslist_name(V4, "late.test")) == 1
+
+
+def test_without_a_name_server_in_resolv_conf_the_local_host_is_asked(netpair: NetPair) -> None:
+    """As glibc does: serve on a host whose resolv.conf names no server asks 127.0.0.1:53."""
+    ns = netpair.server
+    lookup = ("import asyncio; from netpolicy.smtp.resolver import DnsResolver; "
+              f"print(asyncio.run(DnsResolver(timeout=2.0).verified_hostname({V4!r})).value)")
+    with DnsServer("127.0.0.1", 53, netns=ns) as server, resolv_conf(ns):
+        server.load(Zone(REVERSE_V4, ptr(V4, "mx.example.test")), forward(Record("mx.example.test", "A", V4)))
+        assert ns.exec([sys.executable, "-c", lookup]).stdout.split() == ["mx.example.test"]
 
 
 def lists(dns_server: DnsServer, address: str, answers: dict[str, str]) -> None:
