@@ -138,19 +138,25 @@ class DnsResolver:
         self._cache.put(("dnsl", address, zone), records, ttl)
         return records, ttl
 
-    def _judge(self, zone: str, answers: list[str], pattern: AnswerPattern) -> bool:
-        if any(pattern.matches(answer) for answer in answers):
-            return True
+    def _note_unexpected(self, zone: str, answers: list[str], patterns: list[AnswerPattern]) -> None:
+        """Answers none of the zone's patterns take for a listing: logged once per (zone,
+        answer), counted per lookup. All the patterns a score asks of one zone are weighed
+        together, so sources weighting parts of one list (Spamhaus SBL, XBL, PBL) do not
+        report each other's answers."""
+        if any(pattern.matches(answer) for pattern in patterns for answer in answers):
+            return
         for answer in answers:
             key = (zone, answer)
             if key not in self.unexpected_answers:
                 log.warning("DNS list %s answered %s: not a listing", zone, answer)
             self.unexpected_answers[key] = self.unexpected_answers.get(key, 0) + 1
-        return False
 
     async def dnslisted(self, address: str, zone: str, pattern: AnswerPattern) -> Fact[bool]:
         answers, ttl = await self._dnslist_answers(address, zone)
-        return Fact(answers is not None and self._judge(zone, answers, pattern), ttl)
+        if answers is None:
+            return Fact(False, ttl)
+        self._note_unexpected(zone, answers, [pattern])
+        return Fact(any(pattern.matches(answer) for answer in answers), ttl)
 
     async def score(self, address: str, reputation: Reputation) -> Fact[float | None]:
         """Every source asked at once, all under ``reputation.timeout``: the connection waits
@@ -176,11 +182,19 @@ class DnsResolver:
                 answers[zone], zone_ttl = None, 0.0
             ttl = min(ttl, zone_ttl)
 
+        patterns: dict[str, list[AnswerPattern]] = {}
+        for source in reputation.sources:
+            patterns.setdefault(source.dnslist, []).append(source.pattern)
+        for zone, found in answers.items():
+            if found is not None:
+                self._note_unexpected(zone, found, patterns[zone])
+
         def listed(zone: str, pattern: AnswerPattern) -> bool | None:
             found = answers[zone]
-            return None if found is None else self._judge(zone, found, pattern)
+            return None if found is None else any(pattern.matches(answer) for answer in found)
 
         return Fact(reputation_score(reputation, listed), ttl)
+
 
 def _system_resolver() -> dns.asyncresolver.Resolver:
     """The system's resolver configuration (/etc/resolv.conf). Without a name server there, the

@@ -259,6 +259,17 @@ async def test_an_answer_outside_the_pattern_does_not_count(dns_server: DnsServe
     assert resolver.unexpected_answers == {("zen.test", "127.255.255.254"): 1, ("bl2.test", "127.0.0.2"): 1}
 
 
+async def test_sources_weighting_parts_of_one_list_do_not_report_each_other(dns_server: DnsServer) -> None:
+    sbl, pbl, error = "192.0.2.1", "192.0.2.2", "192.0.2.3"
+    dns_server.load(Zone("zen.test", [Record(dnslist_name(a, "zen.test"), "A", answer)
+                                      for a, answer in ((sbl, "127.0.0.2"), (pbl, "127.0.0.10"), (error, "127.255.255.254"))]))
+    rep = reputation(("zen.test", -6.0, "127.0.0.[2..3]"), ("zen.test", -1.0, "127.0.0.[10..11]"))
+    resolver = dns_server.resolver()
+    assert [(await resolver.score(a, rep)).value for a in (sbl, pbl, error)] == [-6.0, -1.0, 0.0]
+    assert resolver.unexpected_answers == {("zen.test", "127.255.255.254"): 1}
+    assert dns_server.queries(dnslist_name(sbl, "zen.test")) == 1  # one lookup for both sources
+
+
 async def test_ipv6_dns_list_lookups_use_nibbles(dns_server: DnsServer) -> None:
     lists(dns_server, V6, {"bl6.test": "127.0.0.2"})
     fact = await dns_server.resolver().score(V6, reputation(("bl6.test", -3.0, None)))
