@@ -48,6 +48,7 @@ from netpolicy.kernel.promotion import OffenceTracker
 from netpolicy.kernel.reconciler import Reconciler
 from netpolicy.kernel.values import KernelError
 from netpolicy.model import Policy, PolicyError, load_policy
+from netpolicy.model.loader import source_files
 from netpolicy.model.compiler import compile_policy
 from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.model.plan import KernelPlan
@@ -72,7 +73,7 @@ class ServeOptions:
     verbose_connections: bool = False
     metrics: str | None = None
     reconcile_interval: float = 1.0
-    watch_interval: float = 1.0
+    watch_interval: float = 0.5  # a few stat() calls: a changed list reaches the kernel within a second
     full_sync: float = 300.0  # seconds between full reads of the kernel (see Reconciler)
 
 
@@ -91,12 +92,21 @@ def _prepare(path: str) -> _Prepared:
     return _Prepared(policy, compile_policy(policy), build_hat_indexes(policy))
 
 
-def _file_signature(path: str) -> tuple[int, int, float] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime
+Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+def _signature(paths: tuple[str, ...]) -> Signature:
+    """What identifies the content of each file: a write in place changes size or mtime, a file
+    renamed over it changes the inode; None for a file that is not there (being replaced)."""
+    found: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 class Daemon:
@@ -115,7 +125,8 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._signature = _file_signature(options.policy_path)
+        self._watched: tuple[str, ...] = (options.policy_path,)  # the policy and the files it reads
+        self._signature = _signature(self._watched)
         self._tasks: asyncio.TaskGroup | None = None
 
     # -- start-up -------------------------------------------------------------------------------
@@ -127,6 +138,7 @@ class Daemon:
             for problem in exc.problems:
                 log.error("%s", problem)
             return 1
+        self._watch_files_of(prepared.policy)
         self._select_backend()
         plan = prepared.plan
         if self.backend is not None:
@@ -275,13 +287,14 @@ class Daemon:
                 notify("READY=1")
 
     async def _reload(self, why: str) -> bool:
-        self._signature = _file_signature(self.options.policy_path)
+        self._signature = _signature(self._watched)
         try:
             prepared = await asyncio.to_thread(_prepare, self.options.policy_path)
         except PolicyError as exc:
             for problem in exc.problems:
                 log.error("reload (%s) refused, policy unchanged: %s", why, problem)
             return False
+        self._watch_files_of(prepared.policy)
         plan = prepared.plan
         if self.policy is not None and plan.generation == self.view.generation:
             log.info("reload (%s): policy generation %s unchanged", why, plan.generation)
@@ -296,12 +309,22 @@ class Daemon:
         log.info("reload (%s): now at policy generation %s", why, plan.generation)
         return True
 
+    def _watch_files_of(self, policy: Policy) -> None:
+        """Watch the policy file and every file it read (``file:`` lists, the GeoIP database).
+        Kept from the last policy that loaded: a broken one names no files to trust."""
+        watched = (self.options.policy_path, *source_files(policy))
+        if watched != self._watched:
+            self._watched = watched
+            self._signature = _signature(watched)
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.options.watch_interval)
-            signature = _file_signature(self.options.policy_path)
-            if signature is not None and signature != self._signature:
-                await self.reload("policy file changed")
+            signature = _signature(self._watched)
+            if signature[0] is not None and signature != self._signature:
+                changed = [path for path, old, new in zip(self._watched, self._signature, signature, strict=True) if old != new]
+                await self.reload("policy file changed" if changed == [self.options.policy_path] else
+                                  f"{', '.join(os.path.basename(p) for p in changed)} changed")
 
     # -- kernel loops ---------------------------------------------------------------------------
 
