@@ -23,6 +23,9 @@ policy generation anyway.
 
 Without CAP_NET_ADMIN (e.g. ``make run`` as a user), serve warns and runs userland-only: the
 listeners refuse TCPREFUSE hosts themselves (handshake, then RST).
+
+A TCPREFUSE the listeners decide on DNS answers is learned into the kernel for the answers' TTL
+(netpolicy.kernel.learning); a reload that changes the policy forgets what was learned.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from netpolicy.daemon.sdnotify import notify
 from netpolicy.kernel import select_backend
 from netpolicy.kernel.base import Backend, has_net_admin
 from netpolicy.kernel.layout import listener_id
+from netpolicy.kernel.learning import Learner, learn_seconds
 from netpolicy.kernel.nflog import NflogReader
 from netpolicy.kernel.promotion import OffenceTracker
 from netpolicy.kernel.reconciler import Reconciler
@@ -56,6 +60,8 @@ from netpolicy.smtp.listener import SmtpListener
 from netpolicy.smtp.services import SessionLimits
 from netpolicy.smtp.spool import ByteBudget
 from netpolicy.smtp.maillog import MailLog
+from netpolicy.smtp.scanner import RspamdClient
+from netpolicy.smtp.redis_counters import RedisStore
 from netpolicy.smtp.resolver import DnsResolver
 
 log = logging.getLogger("netpolicy.daemon.serve")
@@ -115,8 +121,14 @@ class Daemon:
         self.maillog = MailLog(options.mail_log)
         self.resolver = DnsResolver()
         self.offences = OffenceTracker()
-        self.view = DaemonView(dnslist_unexpected=self.resolver.unexpected_answers)
+        self.learner = Learner()
+        self.view = DaemonView(dnslist_unexpected=self.resolver.unexpected_answers, learned=self.learner.learned,
+                               learned_held=self.learner.held, learn_skipped=self.learner.skipped)
         self.budget = ByteBudget(SessionLimits().inflight_bytes)  # every listener's sessions take from it
+        self.scanner = RspamdClient()  # the policy's scanner block, set by each install; one connection pool
+        self.view.scans = self.scanner.stats
+        self.state = RedisStore()  # the policy's state block: limits shared with other processes and gateways
+        self.view.state_store_up = lambda: self.state.up
         self.metrics = Metrics(self.view)
         self.listeners: dict[str, SmtpListener] = {}
         self.policy: Policy | None = None
@@ -161,6 +173,7 @@ class Daemon:
                 reconciler = self.reconciler
                 loops.append(self._supervise("reconciler", lambda: reconciler.run(self.options.reconcile_interval)))
                 loops.append(self._supervise("kernel counters", self._read_kernel_counters))
+                loops.append(self._supervise("learned refusals", lambda: self.learner.run(reconciler)))
             if self.options.verbose_connections and self.backend is not None:
                 loops.append(self._supervise("NFLOG reader", self._read_nflog))
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -176,6 +189,8 @@ class Daemon:
             for sig in (signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            await self.state.close()
+            await self.scanner.close()
             for task in loops:
                 task.cancel()
         # The group has waited for what was still running (a reload, a promotion).
@@ -252,6 +267,8 @@ class Daemon:
         """Make the listeners serve ``policy``: swap, start new, stop removed or rebound ones."""
         policy, plan, hats = prepared.policy, prepared.plan, prepared.hats
         wanted = {lst.name: lst for lst in policy.listeners}
+        await self.state.configure(policy.state)
+        self.scanner.settings = policy.scanner  # sessions read it at each message's end of DATA
         for name, smtp in list(self.listeners.items()):
             new = wanted.get(name)
             if new is None or (new.address, new.port) != (smtp.listener.address, smtp.listener.port):
@@ -263,12 +280,16 @@ class Daemon:
             if name in self.listeners:
                 self.listeners[name].swap_hat(hats[name], listener)
                 continue
-            smtp = SmtpListener(listener, hats[name], self.resolver, self.maillog, on_offence=self._on_offence,
-                                fds=self.view.fds, budget=self.budget)
+            smtp = SmtpListener(listener, hats[name], self.resolver, self.maillog, counters=self.state.counters(name),
+                                on_offence=self._on_offence,
+                                on_refusal=self._on_refusal, fds=self.view.fds, budget=self.budget,
+                                scanner=self.scanner)
             await smtp.start()
             self.listeners[name] = smtp
             self.view.listeners[name] = smtp.stats
             log.info("listener %s on %s port %d", name, listener.address, listener.port)
+        if self.view.generation != plan.generation:
+            self.learner.forget()  # the kernel apply has emptied the learned sets
         self.policy, self.hats = policy, hats
         self.view.generation = plan.generation
 
@@ -358,6 +379,10 @@ class Daemon:
                 hat = self.hats.get(name or "")
                 if hat is None:
                     continue
+                learned = self.learner.why(hat.listener.name, packet.source)
+                if learned is not None:  # refused for DNS answers the address alone does not give
+                    self.maillog.kernel_refusal(*learned)
+                    continue
                 decision = hat.decide(packet.source)
                 self.maillog.kernel_refusal(decision.sender_group, decision.match)
         finally:
@@ -382,6 +407,19 @@ class Daemon:
                      promotion.address, promotion.listener, promotion.seconds, promotion.offences, kind)
 
         self._spawn(promote())
+
+
+    def _on_refusal(self, address: str, decision: Decision, hat: HatIndex) -> None:
+        """A userland TCPREFUSE: learn it into the kernel when it rests on DNS answers. Only a
+        decision made with the HAT in force is learned: between a reload's kernel apply and
+        its swap of the listeners, the old HAT is still current but the reconciler drops what
+        was decided under the old generation."""
+        policy = self.policy
+        if self.reconciler is None or policy is None or self.hats.get(decision.listener) is not hat:
+            return
+        seconds = learn_seconds(decision, hat.listener, policy.learn_refusals)
+        if seconds is not None:
+            self.learner.offer(decision, seconds, self.view.generation)
 
 
 def serve(options: ServeOptions) -> int:

@@ -21,6 +21,12 @@ BUILTIN_DEFAULTS: dict[str, object] = {
     "dhap_code": 550,
     "dhap_text": "Too many invalid recipients",
     "promote_for": 3600,
+    # Message checks are off unless asked for: a policy that asks for none never calls the scanner.
+    "spam_check": False,
+    "virus_check": False,
+    "spf": False,
+    "dkim": False,
+    "dmarc": False,
 }
 
 
@@ -45,6 +51,16 @@ class EffectivePolicy:
     dhap_text: str
     promote_after: int | None
     promote_for: int
+    spam_check: bool
+    virus_check: bool
+    spf: bool
+    dkim: bool
+    dmarc: bool
+
+    @property
+    def scans(self) -> bool:
+        """Whether any message check is on (then each message goes to the scanner)."""
+        return self.spam_check or self.virus_check or self.spf or self.dkim or self.dmarc
 
 
 def effective_policy(name: str, policy: MailFlowPolicy, defaults: PolicyParams) -> EffectivePolicy:

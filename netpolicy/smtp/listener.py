@@ -4,7 +4,7 @@ This is the object ``serve`` owns, one per listener in the policy::
 
     listener = SmtpListener(policy.listener("IncomingMail"), hat_indexes["IncomingMail"],
                             DnsResolver(), MailLog(), counters=InMemoryCounters(),
-                            on_offence=promote)
+                            on_offence=promote, on_refusal=learn)
     await listener.start()            # binds listener.address:port (or start(sock=...))
     listener.swap_hat(new_hat, new_listener_model)   # reload: new connections only
     listener.stats.snapshot()         # for prometheus
@@ -34,10 +34,12 @@ from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.services import (
     ListenerStats,
     OffenceHook,
+    RefusalHook,
     Services,
     SessionLimits,
     build_generation,
 )
+from netpolicy.smtp.scanner import RspamdClient
 from netpolicy.smtp.session import PolicySMTP
 from netpolicy.smtp.spool import ByteBudget
 
@@ -74,14 +76,17 @@ class SmtpListener:
         *,
         counters: Counters | None = None,
         on_offence: OffenceHook | None = None,
+        on_refusal: RefusalHook | None = None,
         limits: SessionLimits | None = None,
         fds: FdWatch | None = None,
         budget: ByteBudget | None = None,
+        scanner: RspamdClient | None = None,
     ) -> None:
         self.stats = ListenerStats()
         limits = limits or SessionLimits()
         self._services = Services(resolver, counters or InMemoryCounters(), maillog, limits, self.stats, on_offence,
-                                  budget or ByteBudget(limits.inflight_bytes), fds=fds or FdWatch())
+                                  budget or ByteBudget(limits.inflight_bytes), fds=fds or FdWatch(),
+                                  on_refusal=on_refusal, scanner=scanner or RspamdClient())
         self._generation = build_generation(listener, hat)
         self._server: asyncio.Server | None = None
         self._retired_sinks: list[Sink] = []

@@ -174,5 +174,43 @@ class MailLog:
     def delivery_failed(self, mid: int, reply: str) -> None:
         self.line(f"MID {mid} not accepted: {reply}", level="Warning")
 
+    # Message checks (SPEC.md section 8); texts from rspamd arrive already made printable.
+
+    def spam_verdict(self, mid: int, score: float, action: str) -> None:
+        """``MID 6 using engine: rspamd spam positive score 15.20 action reject``."""
+        found = "negative" if action == "no action" else "positive"
+        self.line(f"MID {mid} using engine: rspamd spam {found} score {score:.2f} action {action}")
+
+    def antivirus(self, mid: int, viruses: list[str]) -> None:
+        """``MID 6 antivirus positive 'Eicar-Signature'``, or ``antivirus negative``."""
+        found = " ".join(f"'{name}'" for name in viruses)
+        self.line(f"MID {mid} antivirus positive {found}" if viruses else f"MID {mid} antivirus negative")
+
+    def spf(self, mid: int, sender: str, result: str) -> None:
+        """``MID 6 SPF: mailfrom identity a@x.test Pass``."""
+        self.line(f"MID {mid} SPF: mailfrom identity {sender} {result}")
+
+    def dkim(self, mid: int, result: str, domain: str | None, selector: str | None) -> None:
+        """``MID 6 DKIM: pass signature verified (d=x.test s=sel1)``, one line per signature."""
+        what = {"pass": "pass signature verified", "fail": "fail signature did not verify",
+                "none": "none no signature"}.get(result, result)
+        where = f" (d={domain or '?'} s={selector or '?'})" if result != "none" else ""
+        self.line(f"MID {mid} DKIM: {what}{where}")
+
+    def dmarc(self, mid: int, result: str, policy: str | None, domain: str | None) -> None:
+        """``MID 6 DMARC: Verification passed``; a failure names the domain and its policy."""
+        if result == "pass":
+            self.line(f"MID {mid} DMARC: Verification passed")
+        elif result == "fail":
+            self.line(f"MID {mid} DMARC: Verification failed (domain {domain or '?'} policy {policy or '?'})")
+        else:
+            self.line(f"MID {mid} DMARC: {result}")
+
+    def scan_refused(self, mid: int, reply: str) -> None:
+        self.line(f"MID {mid} rejected by message checks: {reply}")
+
+    def scan_failed(self, mid: int, reason: str, outcome: str) -> None:
+        self.line(f"MID {mid} message checks failed: {reason}; {outcome}", level="Warning")
+
     def close_connection(self, icid: int) -> None:
         self.line(f"ICID {icid} close")

@@ -24,6 +24,7 @@ from netpolicy.smtp.delivery import Sink, make_sink
 from netpolicy.smtp.fds import FdWatch
 from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.rat import Rat
+from netpolicy.smtp.scanner import RspamdClient
 from netpolicy.smtp.spool import ByteBudget
 
 log = logging.getLogger("netpolicy.smtp")
@@ -33,6 +34,12 @@ OffenceHook = Callable[[str, Decision, str], None]
 "pregreet" (the client talked before the greeting).
 
 Called synchronously from the session: it must not block (schedule work, do not await it).
+"""
+
+RefusalHook = Callable[[str, Decision, HatIndex], None]
+"""``on_refusal(address, decision, hat)``: the session refused ``address`` in userland
+(TCPREFUSE) on ``decision``, made with ``hat`` (so serve can tell a decision of a policy it has
+since replaced). serve learns DNS-based refusals into the kernel from it. Must not block.
 """
 
 
@@ -149,6 +156,8 @@ class Services:
     budget: ByteBudget  # bytes of messages in flight; one per process when serve passes its own
     sessions: OpenSessions = field(default_factory=OpenSessions)
     fds: FdWatch = field(default_factory=FdWatch)  # one per process when serve passes its own
+    scanner: RspamdClient = field(default_factory=RspamdClient)  # one per process when serve passes its own
+    on_refusal: RefusalHook | None = None
 
     def offence(self, address: str, decision: Decision, kind: str) -> None:
         if self.on_offence is None:
@@ -157,6 +166,14 @@ class Services:
             self.on_offence(address, decision, kind)
         except Exception:  # a broken hook must not break the SMTP session
             log.exception("on_offence hook failed for %s (%s)", address, kind)
+
+    def refused(self, address: str, decision: Decision, hat: HatIndex) -> None:
+        if self.on_refusal is None:
+            return
+        try:
+            self.on_refusal(address, decision, hat)
+        except Exception:  # a broken hook must not break the SMTP session
+            log.exception("on_refusal hook failed for %s", address)
 
 
 def build_generation(listener: Listener, hat: HatIndex, previous: Generation | None = None) -> Generation:

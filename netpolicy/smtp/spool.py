@@ -72,6 +72,7 @@ class Spool:
         self.size = 0  # bytes held (and taken from the budget)
         self._buffer = bytearray()  # the whole message while in memory; the unwritten tail once spooled
         self._file: int | None = None  # descriptor of the nameless spool file
+        self._head = b""  # header fields put in front once the message is held (prepend)
 
     @property
     def spooled(self) -> bool:
@@ -102,8 +103,16 @@ class Spool:
             view.release()
         self._buffer.clear()
 
+    def prepend(self, header: bytes) -> None:
+        """Put header fields in front of the held message (the scan's results, a few hundred
+        bytes netpolicy writes itself: not taken from the budget)."""
+        self._head = header + self._head
+
     def blocks(self) -> Iterator[bytes]:
-        """The message in blocks of at most ``BLOCK`` bytes (callable from a worker thread)."""
+        """The message in blocks of at most ``BLOCK`` bytes (callable from a worker thread);
+        what was prepended comes first."""
+        if self._head:
+            yield self._head
         if self._file is None:
             for start in range(0, len(self._buffer), BLOCK):
                 yield bytes(self._buffer[start:start + BLOCK])
@@ -123,6 +132,7 @@ class Spool:
         self.budget.give(self.size)
         self.size = 0
         self._buffer = bytearray()
+        self._head = b""
         if self._file is not None:
             os.close(self._file)
             self._file = None

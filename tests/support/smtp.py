@@ -26,6 +26,7 @@ from netpolicy.model.entries import AnswerPattern
 from netpolicy.model.hat import Decision, Fact, HatIndex, build_hat_indexes
 from netpolicy.smtp import InMemoryCounters, SessionLimits, SmtpListener
 from netpolicy.smtp.maillog import MailLog
+from netpolicy.smtp.scanner import RspamdClient
 from tests.support.netns import Netns, NetPair, net_pair
 
 PORT = 2525
@@ -194,13 +195,15 @@ class SmtpEnv:
     log: io.StringIO = field(default_factory=io.StringIO)
     counters: InMemoryCounters = field(default_factory=InMemoryCounters)
     listener: SmtpListener | None = None
+    scanner: RspamdClient = field(default_factory=RspamdClient)  # the policy's scanner block, if it has one
 
     async def __aenter__(self) -> "SmtpEnv":
         policy, hat = build(self.data)
+        self.scanner.settings = policy.scanner
         sock = self.pair.server.listen(self.pair.server_v4, PORT)
         self.listener = SmtpListener(
             policy.listener("Inbound"), hat, self.resolver, MailLog(stream=self.log),
-            counters=self.counters, on_offence=self._offence, limits=self.limits,
+            counters=self.counters, on_offence=self._offence, limits=self.limits, scanner=self.scanner,
         )
         await self.listener.start(sock=sock)
         return self
@@ -208,6 +211,7 @@ class SmtpEnv:
     async def __aexit__(self, *exc: object) -> None:
         assert self.listener is not None
         await self.listener.stop(grace=0.1)
+        await self.scanner.close()
 
     def _offence(self, address: str, decision: Decision, kind: str) -> None:
         self.offences.append((address, decision.sender_group, kind))
