@@ -8,9 +8,10 @@ Two sinks, chosen by the listener's ``delivery``:
   covers every rename made before it started, so parallel deliveries share it. A failed write answers 451 and removes the partial
   file, so the client keeps (and retries) the message.
 - ``NextHopSink``: a before-queue relay. The next-hop connection is opened when the client's
-  MAIL arrives, every RCPT is relayed and the next hop's answer is passed back to the client
-  (so a recipient the next hop refuses is refused to the client, never silently dropped), and
-  the DATA answer the client gets is the next hop's. Unreachable, timing out, dropping the
+  MAIL arrives (telling the hop who the client is, SPEC.md section 9), every RCPT is relayed
+  and the next hop's answer is passed back to the client (so a recipient the next hop refuses
+  is refused to the client, never silently dropped), and the DATA answer the client gets is
+  the next hop's. Unreachable, timing out, dropping the
   connection or answering 4xx becomes ``451 4.4.1``: the client keeps the message.
   aiosmtpd's bundled Proxy handler is deliberately not used: it relays with blocking smtplib
   inside the event loop and answers 250 whatever the next hop said.
@@ -28,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -82,10 +84,41 @@ def storage_failed(exc: OSError) -> Reply:
     return Reply(451, f"4.3.0 Error: cannot store message ({exc.strerror or exc})")
 
 
+@dataclass(frozen=True)
+class MailOptions:
+    """The client's MAIL parameters besides the sender, validated by the session."""
+
+    size: int | None = None
+    body: str | None = None  # "7BIT" or "8BITMIME" when the client said BODY=
+    smtputf8: bool = False
+    ret: str | None = None  # DSN: "FULL" or "HDRS"
+    envid: str | None = None  # DSN: xtext, as the client wrote it
+
+
+@dataclass(frozen=True)
+class RcptOptions:
+    """The client's DSN parameters of one RCPT (RFC 3461), validated by the session."""
+
+    notify: str | None = None  # "NEVER", or some of SUCCESS,FAILURE,DELAY
+    orcpt: str | None = None  # addr-type;xtext, as the client wrote it
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """The client a transaction came from, for the next hop's XCLIENT or XFORWARD."""
+
+    address: str
+    port: int | None
+    name: str | None  # the verified (forward-confirmed) host name
+    helo: str
+    esmtp: bool
+    ident: str  # the message's MID in our mail log
+
+
 class Transaction(Protocol):
     """One client transaction at the sink."""
 
-    async def recipient(self, address: str) -> Reply:
+    async def recipient(self, address: str, options: RcptOptions | None = None) -> Reply:
         """Offer one recipient; 2xx means the sink takes mail for it."""
         ...
 
@@ -103,11 +136,12 @@ class Transaction(Protocol):
 
 class Sink(Protocol):
     description: str  # for the mail log: "delivered to <description>"
+    passes_dsn: bool  # DSN parameters reach something that acts on them: offer DSN to clients
 
-    async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
+    async def open(self, sender: str, options: MailOptions | None = None, client: ClientFacts | None = None) -> Transaction:
         """Start a transaction for ``sender``; raises ``HandOffError`` if that is refused.
 
-        ``size`` and ``eight_bit`` are the client's SIZE= and BODY=8BITMIME, passed on.
+        ``options`` are the client's MAIL parameters, ``client`` who it is (None: unknown).
         """
         ...
 
@@ -174,7 +208,14 @@ def _alive(pid: int) -> bool:
 
 
 class MaildirSink:
-    """Writes each message once into a Maildir (the embedded sink of SPEC.md section 2)."""
+    """Writes each message once into a Maildir (the embedded sink of SPEC.md section 2).
+
+    It only stores: MAIL and RCPT parameters are not kept (there is no one to pass them to,
+    so DSN is not offered to clients of a Maildir listener), UTF-8 addresses are written as
+    they came into the envelope headers.
+    """
+
+    passes_dsn = False
 
     def __init__(self, path: str, threads: int = 32) -> None:
         self.path = os.path.abspath(path)
@@ -193,7 +234,7 @@ class MaildirSink:
         # fsyncs land in the same journal commit (the default pool has only cores + 4).
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maildir")
 
-    async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
+    async def open(self, sender: str, options: MailOptions | None = None, client: ClientFacts | None = None) -> Transaction:
         return _MaildirTransaction(self, sender)
 
     async def close(self) -> None:
@@ -259,7 +300,7 @@ class _MaildirTransaction:
         self.sender = sender
         self.recipients: list[str] = []
 
-    async def recipient(self, address: str) -> Reply:
+    async def recipient(self, address: str, options: RcptOptions | None = None) -> Reply:
         self.recipients.append(address)
         return Reply(250, "2.1.5 Ok")
 
@@ -280,40 +321,77 @@ class _MaildirTransaction:
 # --- Next hop ------------------------------------------------------------------------------
 
 _LINK_ERRORS = (OSError, asyncio.TimeoutError, aiosmtplib.SMTPException)
+_COMMAND_LINE = 510  # RFC 5321 4.5.3.1.4: 512 octets with CRLF
+_XTEXT_PLAIN = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("=")}
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 section 4's xtext, which XCLIENT and XFORWARD values are written in."""
+    return "".join(chr(b) if b in _XTEXT_PLAIN else f"+{b:02X}" for b in value.encode("utf-8", "surrogateescape"))
+
+
+def _utf8_refused(address: str) -> Reply:
+    return Reply(553, "5.6.7 The next hop does not offer SMTPUTF8, which this UTF-8 address needs")
 
 
 class NextHopSink:
-    """Relays each transaction to ``host:port`` while the client waits (before-queue)."""
+    """Relays each transaction to ``host:port`` while the client waits (before-queue).
 
-    def __init__(self, next_hop: str, timeout: float, helo_name: str) -> None:
+    Per transaction, on a connection of its own (SPEC.md section 9): EHLO; STARTTLS and EHLO
+    again with ``tls: may`` when offered, or ``tls: encrypt`` (then required and verified, a
+    failure being 451 to the client); with ``forward_client: auto`` XCLIENT and EHLO again
+    when the hop offers XCLIENT, else XFORWARD when it offers that, so the hop's log,
+    restrictions and milters see the real client rather than this process; then MAIL with
+    the client's parameters the hop offers the extensions for.
+    """
+
+    passes_dsn = True
+
+    def __init__(self, next_hop: str, timeout: float, helo_name: str, forward_client: str = "auto",
+                 tls: str = "none", tls_ca: str | None = None) -> None:
         self.host, self.port = split_host_port(next_hop)
         self.timeout = timeout
         self.helo_name = helo_name
+        self.forward_client = forward_client
+        self.tls = tls
         self.description = f"next hop {next_hop}"
+        self._tls_context: ssl.SSLContext | None = None
+        if tls == "encrypt":
+            # The hop is named by address as often as by name: Python matches an IP literal
+            # against the certificate's IP SANs, a name against its DNS SANs.
+            self._tls_context = ssl.create_default_context(cafile=tls_ca)
+        elif tls == "may":
+            self._tls_context = ssl.create_default_context()
+            self._tls_context.check_hostname = False
+            self._tls_context.verify_mode = ssl.CERT_NONE
 
     async def close(self) -> None:
         """Nothing to release: each transaction owns (and closes) its own connection."""
 
-    async def open(self, sender: str, size: int | None, eight_bit: bool = False) -> Transaction:
-        # No STARTTLS towards the next hop: it is a local content filter or MTA, named by
-        # address in the policy; certificate checks against an IP literal would only fail.
-        client = aiosmtplib.SMTP(
+    async def open(self, sender: str, options: MailOptions | None = None, client: ClientFacts | None = None) -> Transaction:
+        options = options or MailOptions()
+        smtp = aiosmtplib.SMTP(
             hostname=self.host, port=self.port, timeout=self.timeout,
             local_hostname=self.helo_name, start_tls=False,
         )
         try:
             try:
-                await client.connect()
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()
-                options = [f"SIZE={size}"] if size is not None and client.supports_extension("size") else []
-                if eight_bit and client.supports_extension("8bitmime"):
-                    options.append("BODY=8BITMIME")
-                reply = _reply(await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">", *(o.encode() for o in options)))
+                await smtp.connect()
+                await _greet(smtp)
+                if self._tls_context is not None:
+                    await self._starttls(smtp)
+                if client is not None and self.forward_client == "auto":
+                    await self._forward(smtp, client)
+                utf8 = options.smtputf8 and smtp.supports_extension("smtputf8")
+                if not sender.isascii() and not utf8:
+                    raise HandOffError(_utf8_refused(sender))
+                arguments = [b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">"]
+                arguments += (p.encode("utf-8") for p in _mail_parameters(options, smtp, utf8))
+                reply = _reply(await smtp.execute_command(b"MAIL", *arguments))
             except aiosmtplib.SMTPResponseException as exc:
                 raise HandOffError(temporary(f"Next hop {self.host}:{self.port} refused the connection: {exc.code} {exc.message}")) from None
+            except ssl.SSLError as exc:
+                raise HandOffError(temporary(f"Next hop {self.host}:{self.port}: TLS failed ({_describe(exc)})")) from None
             except _LINK_ERRORS as exc:
                 raise HandOffError(temporary(f"Next hop {self.host}:{self.port} unreachable ({_describe(exc)})")) from None
             if not reply.ok:
@@ -321,22 +399,113 @@ class NextHopSink:
         except BaseException:
             # Whatever ends it (aiosmtplib's ValueError for a control character, a cancelled
             # session), the connection goes too: 20 such sessions left 20 connections open.
-            client.close()
+            smtp.close()
             raise
-        return _NextHopTransaction(self, client)
+        return _NextHopTransaction(self, smtp, utf8=utf8, dsn=smtp.supports_extension("dsn"))
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.supports_extension("starttls"):
+            if self.tls == "encrypt":
+                raise HandOffError(temporary(f"Next hop {self.host}:{self.port} does not offer STARTTLS (tls: encrypt)"))
+            return
+        await smtp.starttls(tls_context=self._tls_context, server_hostname=self.host)
+        await _greet(smtp)  # RFC 3207 4.2: what the hop offered before TLS no longer holds
+
+    async def _forward(self, smtp: aiosmtplib.SMTP, client: ClientFacts) -> None:
+        """XCLIENT (then EHLO again: the hop is back at its greeting) or XFORWARD, with the
+        attributes the hop lists after the keyword, in one command."""
+        extensions = smtp.esmtp_extensions
+        if "xclient" in extensions:
+            verb, attributes = "XCLIENT", client_attributes(client, extensions["xclient"], xforward=False)
+        elif "xforward" in extensions:
+            verb, attributes = "XFORWARD", client_attributes(client, extensions["xforward"], xforward=True)
+        else:
+            return
+        reply = _reply(await smtp.execute_command(verb.encode(), *(a.encode() for a in attributes)))
+        if not reply.ok:
+            # 501 (a value it could not take) is ours to fix, not the client's fault; any
+            # other 5xx is the hop's connection-level access decision on the real client.
+            if reply.code == 501 or reply.code < 500:
+                raise HandOffError(temporary(f"Next hop {self.host}:{self.port} refused {verb}: {reply.code} {reply.text}"))
+            raise HandOffError(reply)
+        if verb == "XCLIENT":
+            # Back at the greeting: Postfix takes this EHLO's name as the client's HELO, so it
+            # is the client's own when that can be sent (one printable word).
+            helo = client.helo
+            sendable = 0 < len(helo) <= 255 and helo.isascii() and helo.isprintable() and " " not in helo
+            await _greet(smtp, helo if sendable else None)
+
+
+async def _greet(smtp: aiosmtplib.SMTP, name: str | None = None) -> None:
+    """EHLO (HELO if the hop refuses it) with ``name``, by default our own host name."""
+    try:
+        await smtp.ehlo(hostname=name)
+    except aiosmtplib.SMTPHeloError:
+        await smtp.helo(hostname=name)
+
+
+def client_attributes(client: ClientFacts, offered: str, xforward: bool) -> list[str]:
+    """``NAME=value`` pairs (xtext) for XCLIENT, or XFORWARD with its SOURCE and IDENT, of the
+    attribute names the hop listed after the EHLO keyword (``offered``).
+
+    They must fit one command line: after an XCLIENT, Postfix judges the client it was told
+    about, which is not authorised for a second XCLIENT. A HELO that would not fit (or that
+    Postfix refuses with 501, longer than a host name may be) is sent as [UNAVAILABLE].
+    """
+    names = frozenset(offered.upper().split())
+    values = {
+        "ADDR": f"IPV6:{client.address}" if ":" in client.address else client.address,
+        "PORT": "[UNAVAILABLE]" if client.port is None else str(client.port),
+        "NAME": client.name or "[UNAVAILABLE]",
+        "HELO": client.helo if 0 < len(client.helo) <= 255 else "[UNAVAILABLE]",
+        "PROTO": "ESMTP" if client.esmtp else "SMTP",
+    }
+    if xforward:
+        values.update(SOURCE="REMOTE", IDENT=client.ident)
+    attributes = {name: f"{name}={xtext(value)}" for name, value in values.items() if name in names}
+    if len("XFORWARD") + sum(1 + len(a) for a in attributes.values()) > _COMMAND_LINE and "HELO" in attributes:
+        attributes["HELO"] = "HELO=[UNAVAILABLE]"
+    return list(attributes.values())
+
+
+def _mail_parameters(options: MailOptions, smtp: aiosmtplib.SMTP, utf8: bool) -> list[str]:
+    """The client's MAIL parameters the hop offers the extension for (SPEC.md section 9)."""
+    parameters: list[str] = []
+    if options.size is not None and smtp.supports_extension("size"):
+        parameters.append(f"SIZE={options.size}")
+    if options.body is not None and smtp.supports_extension("8bitmime"):
+        parameters.append(f"BODY={options.body}")
+    if utf8:
+        parameters.append("SMTPUTF8")
+    if smtp.supports_extension("dsn"):
+        if options.ret is not None:
+            parameters.append(f"RET={options.ret}")
+        if options.envid is not None:
+            parameters.append(f"ENVID={options.envid}")
+    return parameters
 
 
 class _NextHopTransaction:
-    def __init__(self, sink: NextHopSink, client: aiosmtplib.SMTP) -> None:
+    def __init__(self, sink: NextHopSink, client: aiosmtplib.SMTP, utf8: bool, dsn: bool) -> None:
         self.sink = sink
         self.client = client
+        self.utf8 = utf8  # the hop took SMTPUTF8 for this transaction
+        self.dsn = dsn
         self.broken: Reply | None = None
 
-    async def recipient(self, address: str) -> Reply:
+    async def recipient(self, address: str, options: RcptOptions | None = None) -> Reply:
         if self.broken is not None:
             return self.broken
+        if not self.utf8 and not address.isascii():
+            return _utf8_refused(address)
+        arguments = [b"TO:<" + address.encode("utf-8", "surrogateescape") + b">"]
+        if options is not None and self.dsn:
+            if options.notify is not None:
+                arguments.append(f"NOTIFY={options.notify}".encode())
+            if options.orcpt is not None and (self.utf8 or options.orcpt.isascii()):
+                arguments.append(f"ORCPT={options.orcpt}".encode())
         try:
-            reply = _reply(await self.client.execute_command(b"RCPT", b"TO:<" + address.encode("utf-8", "surrogateescape") + b">"))
+            reply = _reply(await self.client.execute_command(b"RCPT", *arguments))
         except _LINK_ERRORS as exc:
             return self._break(exc)
         except BaseException as exc:
@@ -427,4 +596,4 @@ def make_sink(delivery: Delivery, hostname: str) -> Sink:
     if delivery.maildir is not None:
         return MaildirSink(delivery.maildir)
     assert delivery.next_hop is not None  # the model guarantees exactly one
-    return NextHopSink(delivery.next_hop, delivery.timeout, hostname)
+    return NextHopSink(delivery.next_hop, delivery.timeout, hostname, delivery.forward_client, delivery.tls, delivery.tls_ca)

@@ -6,8 +6,10 @@ lenient where an envelope must not be. Measured on this gateway: it took ``<s@x.
 ``.example.test`` accepted ``u@x.test\\x00.example.test`` and aiosmtplib raised on it at the
 next hop; it folded ``<u @example.test>`` into another address and dropped the source route of
 ``<@a,@b:u@example.test>`` before anything could judge it. It also costs a tenth of a
-millisecond per address. The grammar below is RFC 5321 section 4.1.2's, printable ASCII only
-(SMTPUTF8 is not offered), so a control character can never be part of an address.
+millisecond per address. The grammar below is RFC 5321 section 4.1.2's, printable ASCII, with
+RFC 6531 section 3.3's additions (any non-ASCII character but a C1 control in atoms, quoted
+strings and domain labels) for clients that declared SMTPUTF8, so a control character can
+never be part of an address.
 
 Routing forms stay as written: a source route is kept in the address (``@a,@b:u@x.test``),
 and ``%`` and ``!`` are plain atext. Whether they may pass is the RAT's call (``rat.py``).
@@ -17,18 +19,19 @@ from __future__ import annotations
 
 import re
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_LOCAL = rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")"
+_UTF8 = "\u00a0-\U0010ffff"  # UTF8-non-ascii without the C1 controls
+_ATEXT = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{_UTF8}-]"
+_LOCAL = rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_UTF8}]|\\[\x20-\x7e])*\")"
 # Each alternative is unambiguous (labels are runs of letters and digits joined by hyphen
 # runs), so a hostile line costs linear time, not exponential backtracking.
-_LABEL = r"[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*"
+_LABEL = rf"[A-Za-z0-9{_UTF8}]+(?:-+[A-Za-z0-9{_UTF8}]+)*"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = rf"{_LOCAL}@(?:{_DOMAIN}|{_LITERAL})"
 _ROUTE = rf"@{_DOMAIN}(?:,@{_DOMAIN})*:"
 # ``<>`` and the bare ``<postmaster>`` (any case) of RFC 5321 section 4.1.1.3, or a path;
-# then optional parameters after spaces, printable too.
-_PATH = re.compile(rf"<(|(?i:postmaster)|(?:{_ROUTE})?{_MAILBOX})>(?: +([\x20-\x7e]*))?\Z")
+# then optional parameters after spaces, printable too (an ORCPT may carry UTF-8).
+_PATH = re.compile(rf"<(|(?i:postmaster)|(?:{_ROUTE})?{_MAILBOX})>(?: +([\x20-\x7e{_UTF8}]*))?\Z")
 _MAILBOX_ONLY = re.compile(_MAILBOX)
 _ROUTING = frozenset("@%!")
 
@@ -38,7 +41,8 @@ def parse_path(text: str, reverse: bool) -> tuple[str, str] | None:
 
     ``reverse`` (MAIL FROM) allows ``<>``; a forward path (RCPT TO) allows the bare
     ``<postmaster>`` instead, as RFC 5321 section 4.5.1 requires. The address is returned as
-    the client wrote it, source route included.
+    the client wrote it, source route included; whether a non-ASCII one may be used (the
+    client declared SMTPUTF8) is the session's call.
     """
     match = _PATH.match(text)
     if match is None:

@@ -25,6 +25,7 @@ import email.utils
 import functools
 import ipaddress
 import logging
+import re
 import socket
 import struct
 import time
@@ -36,7 +37,15 @@ from netpolicy.model.effective import expand_text
 from netpolicy.model.entries import AnswerPattern
 from netpolicy.model.hat import Decision, Fact, Resolver
 from netpolicy.model.policy import Reputation
-from netpolicy.smtp.delivery import HandOffError, Reply, Transaction, storage_failed
+from netpolicy.smtp.delivery import (
+    ClientFacts,
+    HandOffError,
+    MailOptions,
+    RcptOptions,
+    Reply,
+    Transaction,
+    storage_failed,
+)
 from netpolicy.smtp.lines import (
     BareNewline,
     LineTooLong,
@@ -45,6 +54,7 @@ from netpolicy.smtp.lines import (
     read_message,
 )
 from netpolicy.smtp.paths import parse_path
+from netpolicy.smtp.scanner import Checks, ScanEnvelope
 from netpolicy.smtp.services import Generation, Services
 from netpolicy.smtp.spool import DATA_FLOOR, Spool
 
@@ -54,6 +64,14 @@ log = logging.getLogger("netpolicy.smtp")
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "STARTTLS")
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_UTF8_ARGUMENTS = frozenset({"MAIL", "RCPT"})  # SMTPUTF8 addresses; every other argument is ASCII
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")  # RFC 5321 4.1.2 esmtp-keyword
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+\Z")  # RFC 3461 4
+_UNITEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e\u00a0-\U0010ffff]|\+[0-9A-F]{2})+\Z")  # RFC 6533 3
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_MUST_DECLARE_UTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+Parameters = dict[str, str | None]
 
 
 def client_address(peer: Any) -> str:
@@ -159,6 +177,7 @@ class PolicySMTP(SMTP):
         self.mid = 0
         self.txn: Transaction | None = None
         self.rcpt_attempts = 0
+        self.smtputf8 = False  # the client declared SMTPUTF8 at MAIL
 
     # --- connection lifecycle ----------------------------------------------------------------
 
@@ -225,6 +244,7 @@ class PolicySMTP(SMTP):
         services.stats.connection(decision.sender_group, "delayed-reject" if self._delayed_reject else behavior)
         if behavior == "tcprefuse":
             self._reset_connection()
+            services.refused(self.address, decision, self.gen.hat)
             return False
         if behavior == "reject":
             services.offence(self.address, decision, "reject")
@@ -345,9 +365,9 @@ class PolicySMTP(SMTP):
             command_bytes, _, arg_bytes = line.partition(b" ")
             try:
                 command = command_bytes.upper().decode("ascii")
-                arg = arg_bytes.strip().decode("ascii") or None
+                arg = arg_bytes.strip().decode("utf-8" if command in _UTF8_ARGUMENTS else "ascii") or None
             except UnicodeDecodeError:
-                await self.push("500 5.5.2 Error: non-ASCII command (SMTPUTF8 is not offered)")
+                await self.push("500 5.5.2 Error: non-ASCII command (UTF-8 only in MAIL and RCPT addresses, RFC 6531)")
                 continue
             method = self._smtp_methods.get(command)
             if method is None:
@@ -405,6 +425,9 @@ class PolicySMTP(SMTP):
         lines = [self.hostname, "PIPELINING", f"SIZE {self._size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES"]
         if self.tls_context is not None and self._tls_protocol is None:
             lines.append("STARTTLS")
+        if self.gen.sink.passes_dsn:
+            lines.append("DSN")
+        lines.append("SMTPUTF8")
         await self.push("\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}" for i, t in enumerate(lines)))
 
     @syntax("STARTTLS", when="tls_context")
@@ -472,23 +495,16 @@ class PolicySMTP(SMTP):
             await self.push(parsed)
             return
         sender, params = parsed
-        body = params.pop("BODY", "7BIT")
-        if body not in ("7BIT", "8BITMIME"):
-            await self.push("501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME")
+        options = mail_options(params, dsn=self.gen.sink.passes_dsn)
+        if isinstance(options, str):
+            await self.push(options)
             return
-        size_param = params.pop("SIZE", None)
-        size: int | None = None
-        if size_param is not None:
-            if not isinstance(size_param, str) or not size_param.isdigit():
-                await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n]")
-                return
-            size = int(size_param)
-            if size > self._size_limit:
-                self.services.stats.messages_too_big += 1
-                await self.push(f"552 5.3.4 Message size exceeds fixed maximum message size ({self._size_limit} bytes)")
-                return
-        if params:
-            await self.push("555 5.5.4 MAIL FROM parameters not recognized or not implemented")
+        if not sender.isascii() and not options.smtputf8:
+            await self.push(_MUST_DECLARE_UTF8)
+            return
+        if options.size is not None and options.size > self._size_limit:
+            self.services.stats.messages_too_big += 1
+            await self.push(f"552 5.3.4 Message size exceeds fixed maximum message size ({self._size_limit} bytes)")
             return
         maillog = self.services.maillog
         mid = maillog.next_id()
@@ -496,7 +512,7 @@ class PolicySMTP(SMTP):
         maillog.mail_from(mid, self.icid, sender)
         if not self._delayed_reject:
             try:
-                self.txn = await self.gen.sink.open(sender, size, body == "8BITMIME")
+                self.txn = await self.gen.sink.open(sender, options, self._client_facts(mid))
             except HandOffError as exc:
                 maillog.delivery_failed(mid, str(exc.reply))
                 if exc.reply.code < 500:
@@ -505,10 +521,19 @@ class PolicySMTP(SMTP):
                 return
         self._messages += 1
         self.mid = mid
+        self.smtputf8 = options.smtputf8
         self.envelope.mail_from = sender
         await self.push("250 2.1.0 Ok")
 
-    def _parse_path(self, keyword: str, arg: str | None) -> tuple[str, dict[str, str | bool]] | str:
+    def _client_facts(self, mid: int) -> ClientFacts:
+        """Who this client is, for a next hop's XCLIENT or XFORWARD (SPEC.md section 9)."""
+        assert self.session is not None
+        peer = self.session.peer
+        port = peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None
+        return ClientFacts(self.address, port, self.hostname_ptr, self.session.host_name or "",
+                           bool(self.session.extended_smtp), str(mid))
+
+    def _parse_path(self, keyword: str, arg: str | None) -> tuple[str, Parameters] | str:
         """``(address, params)`` of a MAIL/RCPT argument, or the error reply.
 
         The path is read by RFC 5321's grammar (``paths.py``), with the replies Postfix gives
@@ -527,10 +552,9 @@ class PolicySMTP(SMTP):
         if parsed is None:
             return "501 5.1.7 Bad sender address syntax" if mail else "501 5.1.3 Bad recipient address syntax"
         address, tail = parsed
-        options = tail.upper().split()
-        if options and not self.session.extended_smtp:
+        if tail.strip() and not self.session.extended_smtp:
             return syntax
-        params = self._getparams(options)
+        params = parameters(tail)
         if params is None:
             return syntax
         return address, params
@@ -550,11 +574,15 @@ class PolicySMTP(SMTP):
             await self.push(parsed)
             return
         recipient, params = parsed
-        if params:
-            await self.push("555 5.5.4 RCPT TO parameters not recognized or not implemented")
+        options = rcpt_options(params, dsn=self.gen.sink.passes_dsn, utf8=self.smtputf8)
+        if isinstance(options, str):
+            await self.push(options)
+            return
+        if not recipient.isascii() and not self.smtputf8:
+            await self.push(_MUST_DECLARE_UTF8)
             return
         self.rcpt_attempts += 1
-        refusal = await self._check_recipient(recipient)
+        refusal = await self._check_recipient(recipient, options)
         if refusal is not None:
             reason, reply = refusal
             self.services.stats.recipients_refused[reason] += 1
@@ -566,7 +594,7 @@ class PolicySMTP(SMTP):
         self.services.maillog.recipient(self.mid, self.icid, rid, recipient)
         await self.push("250 2.1.5 Ok")
 
-    async def _check_recipient(self, recipient: str) -> tuple[str, Reply] | None:
+    async def _check_recipient(self, recipient: str, options: RcptOptions) -> tuple[str, Reply] | None:
         """Why this recipient is refused (a log reason and the reply), or None to accept it."""
         assert self.decision is not None and self.envelope is not None
         decision = self.decision
@@ -591,7 +619,7 @@ class PolicySMTP(SMTP):
             code = policy.rate_limit_code
             return "rate limit", Reply(code, f"{_status(code, '7.0')} {self._expand(policy.rate_limit_text)}")
         assert self.txn is not None
-        reply = await self.txn.recipient(recipient)
+        reply = await self.txn.recipient(recipient, options)
         if reply.ok:
             return None
         if reply.code >= 500 and dhap is not None and await counters.hit("dhap", self.address) > dhap:
@@ -671,6 +699,15 @@ class PolicySMTP(SMTP):
             await self._reply(refusal)
             return
         maillog.ready(self.mid, data.size, self.envelope.mail_from)
+        assert self.decision is not None and self.session is not None
+        if self.decision.policy.scans:  # SPEC.md section 8: asked before the client hears anything
+            scan = ScanEnvelope(self.mid, self.address, self.session.host_name or "", self.hostname_ptr,
+                                self.envelope.mail_from, self.envelope.rcpt_tos, self.hostname)
+            verdict = await services.scanner.check(Checks.of(self.decision.policy), scan, spool, maillog)
+            if verdict.reply is not None:
+                await self._reply(verdict.reply)
+                return
+            spool.prepend(verdict.headers)
         stats.messages_accepted += 1
         reply = await self.txn.deliver(spool)
         if reply.ok:
@@ -687,6 +724,8 @@ class PolicySMTP(SMTP):
     def _received_header(self) -> bytes:
         assert self.session is not None and self.envelope is not None
         protocol = "ESMTPS" if self._tls_protocol is not None else ("ESMTP" if self.session.extended_smtp else "SMTP")
+        if self.smtputf8:
+            protocol = protocol.replace("ESMTP", "UTF8SMTP")  # RFC 6531 section 4.3
         rcpts = self.envelope.rcpt_tos
         for_clause = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
         header = (
@@ -696,3 +735,73 @@ class PolicySMTP(SMTP):
         )
         return header.encode("utf-8", "surrogateescape")
 
+
+
+def parameters(text: str) -> Parameters | None:
+    """The ``KEYWORD[=value]`` parameters after a MAIL or RCPT path: keywords upper-cased,
+    values as written (ENVID and ORCPT are case-sensitive xtext); None for a syntax error
+    or a keyword given twice."""
+    params: Parameters = {}
+    for word in text.split(" "):
+        if not word:
+            continue
+        keyword, eq, value = word.partition("=")
+        keyword = keyword.upper()
+        if not _KEYWORD.match(keyword) or (eq and not value) or keyword in params:
+            return None
+        params[keyword] = value if eq else None
+    return params
+
+
+def mail_options(params: Parameters, dsn: bool) -> MailOptions | str:
+    """MAIL's parameters (SIZE, BODY, SMTPUTF8, and RET and ENVID when DSN is offered) or the
+    error reply, as Postfix words them."""
+    params = dict(params)
+    size: int | None = None
+    if "SIZE" in params:
+        value = params.pop("SIZE")
+        if value is None or not value.isdigit() or not value.isascii():
+            return "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n]"
+        size = int(value)
+    body = params.pop("BODY", None)
+    if "BODY" in params or (body is not None and body.upper() not in ("7BIT", "8BITMIME")):
+        return "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+    smtputf8 = "SMTPUTF8" in params
+    if smtputf8 and params.pop("SMTPUTF8") is not None:
+        return "501 5.5.4 Bad SMTPUTF8 parameter syntax"
+    ret = envid = None
+    if dsn:
+        ret = params.pop("RET", None)
+        if ret is not None:
+            ret = ret.upper()
+            if ret not in ("FULL", "HDRS"):
+                return "501 5.5.4 Bad RET parameter syntax"
+        envid = params.pop("ENVID", None)
+        if envid is not None and (len(envid) > 100 or not _XTEXT.match(envid)):
+            return "501 5.5.4 Bad ENVID parameter syntax"
+    if params:
+        return "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+    return MailOptions(size, body.upper() if body is not None else None, smtputf8, ret, envid)
+
+
+def rcpt_options(params: Parameters, dsn: bool, utf8: bool) -> RcptOptions | str:
+    """RCPT's NOTIFY and ORCPT (RFC 3461, and RFC 6533's UTF-8 ORCPT once the client declared
+    SMTPUTF8) when DSN is offered, or the error reply."""
+    params = dict(params)
+    notify = orcpt = None
+    if dsn:
+        notify = params.pop("NOTIFY", None)
+        if notify is not None:
+            notify = notify.upper()
+            values = notify.split(",")
+            if not (values == ["NEVER"] or (set(values) <= _NOTIFY and len(set(values)) == len(values))):
+                return "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+        orcpt = params.pop("ORCPT", None)
+        if orcpt is not None:
+            addr_type, _, address = orcpt.partition(";")
+            text = _UNITEXT if utf8 and addr_type.lower() == "utf-8" else _XTEXT
+            if len(orcpt) > 500 or not _ADDR_TYPE.match(addr_type) or not text.match(address):
+                return "501 5.5.4 Error: Bad ORCPT parameter syntax"
+    if params:
+        return "555 5.5.4 RCPT TO parameters not recognized or not implemented"
+    return RcptOptions(notify, orcpt)
