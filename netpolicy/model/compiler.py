@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from netpolicy.model.collector import collector_paused
 from netpolicy.model.entries import (
     V4_MAX,
     V6_MAX,
@@ -114,6 +115,7 @@ def _address_texts(group: str, entries: list[Entry]) -> list[str]:
     return [e.text for e in entries if isinstance(e, (AddressEntry, AddressSetEntry))]
 
 
+@collector_paused()
 def compile_policy(policy: Policy) -> KernelPlan:
     """The kernel plan for every listener (``kernel: false`` listeners get empty sets)."""
     return KernelPlan(

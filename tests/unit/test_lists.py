@@ -4,6 +4,7 @@ again only when the file changed, compiled and decided like address entries."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from netpolicy.model.compiler import compile_policy
 from netpolicy.model.entries import AddressSetEntry, address_to_int
 from netpolicy.model.hat import build_hat_indexes
 from netpolicy.model.intervals import cidr_texts
+from netpolicy.model import lists
 from netpolicy.model.lists import parse_list, read_list
 from netpolicy.model.loader import MAX_REPORTED, source_files
 from netpolicy.model.policy import Policy
@@ -197,3 +199,59 @@ def test_source_files_are_the_lists_read(tmp_path: Path) -> None:
     path = write_policy(tmp_path, {"lists/drop.txt": "192.0.2.1\n", "other.txt": "10.0.0.1\n"},
                         entries='"file:lists/drop.txt", "file:other.txt", "file:lists/../lists/drop.txt"')
     assert source_files(load_policy(path)) == (str(tmp_path / "lists" / "drop.txt"), str(tmp_path / "other.txt"))
+
+
+def test_a_small_change_is_applied_to_the_last_content_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines added and removed (hosts, networks overlapping hosts and each other, ranges, IPv6,
+    repeated lines, comments) give what a parse of the whole file gives, without one."""
+    rng = random.Random(5)
+
+    def line() -> str:
+        kind = rng.randrange(8)
+        if kind < 4:
+            return f"10.0.{rng.randrange(4)}.{rng.randrange(256)}"
+        if kind == 4:
+            length = rng.choice((24, 28, 30, 31))
+            return f"10.0.{rng.randrange(4)}.{rng.randrange(256) >> (32 - length) << (32 - length)}/{length}"
+        if kind == 5:
+            low = rng.randrange(250)
+            return f"10.0.{rng.randrange(4)}.{low}-{low + rng.randrange(6)}"
+        if kind == 6:
+            return f"2001:db8::{rng.randrange(64):x}"
+        return rng.choice(["# comment", "", f"10.0.1.{rng.randrange(256)} ; why"])
+
+    full_parses = 0
+    pack = lists._pack_hosts
+
+    def counted(lines: list[str]) -> tuple[list[bytes], list[int]]:
+        nonlocal full_parses
+        full_parses += 1
+        return pack(lines)
+
+    monkeypatch.setattr(lists, "_pack_hosts", counted)
+    path = tmp_path / "drop.txt"
+    for round_ in range(60):
+        current = [line() for _ in range(300)]
+        path.write_text("\n".join(current))
+        read_list(str(path), MAX_REPORTED)
+        for _ in range(5):
+            for _ in range(rng.randrange(1, 6)):
+                if rng.random() < 0.5 and current:
+                    removed = current.pop(rng.randrange(len(current)))
+                    current = [c for c in current if c != removed] if rng.random() < 0.5 else current
+                else:
+                    current.insert(rng.randrange(len(current) + 1), line())
+            (tmp_path / "new.txt").write_text("\n".join(current))
+            os.rename(tmp_path / "new.txt", path)
+            before = full_parses
+            got = read_list(str(path), MAX_REPORTED)
+            assert full_parses == before, round_  # applied, not parsed
+            want = parse_list(path.read_bytes(), MAX_REPORTED)
+            assert (got.v4, got.v6, got.digest) == (want.v4, want.v6, want.digest), (round_, current)
+
+
+def test_a_wrong_line_added_is_reported_with_its_number(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, {"lists/drop.txt": "192.0.2.1\n192.0.2.2\n"})
+    load_policy(path)
+    (tmp_path / "lists" / "drop.txt").write_text("192.0.2.1\nmx.example.test\n192.0.2.2\n")
+    assert problems(path) == [f"{tmp_path / 'lists' / 'drop.txt'}:2: 'mx.example.test' is a host name: a list file holds addresses, ranges and networks only"]
