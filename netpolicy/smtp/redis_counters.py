@@ -2,16 +2,19 @@
 
 ``RedisStore`` is one process's link to the store named by the policy's ``state`` block;
 ``RedisCounters`` is one listener's view of it (keys carry the listener's name, as each listener
-has counters of its own without a store). Every check-and-record is one Lua script run by EVALSHA,
-so ten gateways together admit no more than the limit.
+has counters of its own without a store). Every check-and-record is one Lua script run by
+EVALSHA, so ten gateways together admit no more than the limit. The requests of every session go
+over one pipelined connection (``resp.RespConnection``, which says why not redis-py's client).
 
 Hourly windows: one hash per (listener, kind, window, address) whose fields are the 60 bucket
 numbers, the in-memory counters' sliding window. A hash rather than a sorted set of events: its
-size is bounded by the buckets, not by the traffic (MEMORY USAGE after 1000 events in an hour:
-560 bytes against 88,984 for a sorted set; after 10,000: 688 against 1,061,400), and a script call
-costs the same (171 µs against 198 µs per call here). The time is the store's (``TIME`` inside
-the script), so gateways whose clocks disagree still share one window. Each write sets the key to
-expire one window later, when its last bucket has left the window anyway.
+size is bounded by the buckets, not by the traffic (MEMORY USAGE of one address's window after
+1000 events an hour: 560 bytes against 92,184 for a sorted set; after 20,000 an hour: 688 against
+2,058,008). It costs the store more CPU when all 60 buckets are filled by few events, since the
+script reads every bucket (41 µs a call against 24 at 1000 events an hour; 28 against 28 at
+20,000). The time is the store's (``TIME`` inside the script), so gateways whose clocks disagree
+still share one window. Each write sets the key to expire one window later, when its last bucket
+has left the window anyway.
 
 Open connections: one sorted set per (listener, address) of lease ids scored by the time each
 lease runs out. The process renews the leases of its open connections every ``lease / 3``
@@ -19,41 +22,38 @@ seconds and removes one when its connection closes; the scripts drop expired mem
 counting. A gateway that dies stops renewing, and its connections stop counting ``lease`` seconds
 later, where an INCR/DECR count would stay wrong for ever.
 
-Faults: any store error, refused connection or reply slower than ``timeout`` marks the store down
-for the whole process. The warning ``state store unreachable: limits are per process until it
-returns`` is logged once per outage, ``up`` turns false (the ``netpolicy_state_store_up`` gauge),
-and every view answers from this process alone: windows from an ``InMemoryCounters`` that records
-every event the store accepted too (so an outage does not restart the hour from zero), connection
-counts from the connections this process has open. A background task pings with backoff
-(``retry`` seconds, doubling up to ``retry_max``); when the store answers, the renewal re-adds
-the lease of every connection this process has open before the store counts again: those opened
-during the outage, and all of them after a restart that emptied it. The close of such a
-connection then removes its lease like any other. A close that fails is left to its lease.
+Faults: an error reply, a lost or refused connection, or a reply later than ``timeout`` marks
+the store down for the whole process. The warning ``state store unreachable: limits are per
+process until it returns`` is logged once per outage, ``up`` turns false (the
+``netpolicy_state_store_up`` gauge), and every view answers from this process alone: windows
+from an ``InMemoryCounters`` that also records every event the store accepted (so an outage does
+not restart the hour from zero), connection counts from the connections this process has open.
+A background task tries a new connection with backoff (``retry`` seconds, doubling up to
+``retry_max``); when the store answers, it loads the scripts again (a restarted store has none)
+and re-adds the lease of every connection this process has open before the store counts again:
+those opened during the outage, and all of them after a restart that emptied it. The close of
+such a connection removes its lease like any other; a close while the store is down is left to
+the lease to expire. A request that timed out may still run once a slow store wakes: an event
+then counts both in the store and in the process, never in neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 from urllib.parse import urlsplit
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from netpolicy.model.policy import State
 from netpolicy.smtp.counters import BUCKETS, HOUR, InMemoryCounters
+from netpolicy.smtp.resp import SCHEMES, Reply, RespConnection, StoreError, pack
 
 log = logging.getLogger("netpolicy.smtp.state")
 
-T = TypeVar("T")
+FAILURES = (OSError, StoreError)  # OSError: refused, lost, TimeoutError
 
 UNREACHABLE = "state store unreachable: limits are per process until it returns"
 
@@ -122,40 +122,32 @@ return 0
 """
 
 
-def connect(url: str, timeout: float, connections: int) -> Redis:
-    """A client for ``url`` (redis://, rediss://, unix://) that fails fast: ``timeout`` for
-    connecting, for every reply, and for a free connection among ``connections``. A command is
-    sent again once, at once, only when its connection turns out closed (a store restarted since
-    it was last used), never after a timeout."""
-    if urlsplit(url).scheme == "redis+sentinel":
-        raise ValueError("redis+sentinel:// is not supported yet: name the master with redis://")
-    pool = BlockingConnectionPool.from_url(url, max_connections=connections, timeout=timeout, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout,
-                                           retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-    return Redis.from_pool(pool)
+SCRIPTS = {"window": WINDOW, "open": OPEN, "renew": RENEW}
+SHA = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
+
+
+def evalsha(name: str, key: str, *args: str | float) -> bytes:
+    return pack(b"EVALSHA", SHA[name], 1, key, *args)
 
 
 class RedisStore:
     """One process's link to the state store: health, reconnection, and the leases it holds.
 
     ``configure(state)`` at start and on every reload: the same ``state`` changes nothing,
-    another one closes the old client and opens the new one, ``None`` leaves every view on its
-    per-process counters.
+    another one closes the old connection and opens the new one, ``None`` leaves every view on
+    its per-process counters.
     """
 
     def __init__(self, *, lease: float = 30.0, timeout: float = 0.25, retry: float = 0.25, retry_max: float = 5.0,
-                 connections: int = 16, clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.lease = lease
         self.timeout = timeout
-        self.connections = connections
         self.retry = retry
         self.retry_max = retry_max
         self.clock = clock  # None: the store's clock (tests pass their own)
         self.state: State | None = None
         self.prefix = ""
-        self._client: Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-        self._up = False
+        self._connection: RespConnection | None = None
         self._views: weakref.WeakSet[RedisCounters] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
@@ -165,7 +157,7 @@ class RedisStore:
     @property
     def up(self) -> bool | None:
         """None without a store; else whether the counters are shared right now."""
-        return None if self.state is None else self._up
+        return None if self.state is None else self._connection is not None
 
     def counters(self, scope: str) -> RedisCounters:
         """The view of one listener."""
@@ -182,27 +174,25 @@ class RedisStore:
         if state is None:
             return
         self.prefix = state.prefix
-        try:
-            client = connect(state.redis, self.timeout, self.connections)
-        except ValueError as exc:  # the URL passed the policy's pattern but not the client
-            log.error("state store not used, limits are per process: %s", exc)
+        scheme = urlsplit(state.redis).scheme
+        if scheme not in SCHEMES:
+            log.error("state store not used, limits are per process: %s:// is not supported (yet), only %s", scheme,
+                      ", ".join(f"{s}://" for s in SCHEMES))
             return
-        self._client = client
-        self._scripts = {name: client.register_script(body) for name, body in (("window", WINDOW), ("open", OPEN), ("renew", RENEW))}
         self._start(self._renewing())
-        failure = await self._probe(client)
-        if failure is None:
-            self._shared("reachable")
+        found = await self._connect(state.redis)
+        if isinstance(found, RespConnection):
+            self._shared(found, "reachable")
         else:
-            self._down(failure)
+            self._down(found)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        client, self._client, self._up, self.state = self._client, None, False, None
-        if client is not None:
-            await client.aclose()
+        if self._connection is not None:
+            self._connection.close()
+        self._connection, self.state = None, None
 
     def new_id(self) -> str:
         self._ids += 1
@@ -211,32 +201,36 @@ class RedisStore:
     def now(self) -> float:
         return -1.0 if self.clock is None else self.clock()
 
-    async def call(self, name: str, key: str, args: list[str | float]) -> object:
-        """Run a script if the store is up; None when it is not or fails (then it is down)."""
-        return await self.attempt(lambda client: self._scripts[name](keys=[key], args=args, client=client))
-
-    async def attempt(self, work: Callable[[Redis], Awaitable[T]]) -> T | None:
-        client = self._client
-        if client is None or not self._up:
+    async def call(self, command: bytes) -> Reply | None:
+        """The reply to ``command`` if the store is up; None when it is not or fails (then it is down)."""
+        connection = self._connection
+        if connection is None:
             return None
         try:
-            return await work(client)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._lost(client, exc)
+            return await connection.request(command)
+        except FAILURES as exc:
+            self._lost(connection, exc)
             return None
 
-    def _lost(self, client: Redis, exc: BaseException) -> None:
-        if client is self._client and self._up:
+    def send(self, command: bytes) -> None:
+        """``command`` to the store if it is up, its reply unread; a loss shows on the next call."""
+        if self._connection is not None:
+            self._connection.send(command)
+
+    def _lost(self, connection: RespConnection, exc: BaseException) -> None:
+        if connection is self._connection:
             self._down(exc)
 
     def _down(self, exc: BaseException) -> None:
-        self._up = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         log.warning("%s (%s: %s)", UNREACHABLE, type(exc).__name__, exc)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = self._start(self._reconnect())
 
-    def _shared(self, how: str) -> None:
-        self._up = True
+    def _shared(self, connection: RespConnection, how: str) -> None:
+        self._connection = connection
         log.info("state store %s: limits are shared", how)
 
     def _start(self, work: Awaitable[None]) -> asyncio.Task[None]:
@@ -245,41 +239,52 @@ class RedisStore:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _probe(self, client: Redis) -> BaseException | None:
-        """None if the store answers and holds this process's leases again, else why not."""
+    async def _connect(self, url: str) -> RespConnection | BaseException:
+        """A connection to a store that answers, has the scripts and this process's leases; else why not."""
         try:
-            await client.ping()
-            await self._renew(client)
-        except (RedisError, OSError, TimeoutError) as exc:
+            connection = await RespConnection.open(url, self.timeout)
+        except FAILURES as exc:
             return exc
-        return None
+        try:
+            await connection.call("PING")
+            for name, body in SCRIPTS.items():
+                if await connection.call("SCRIPT", "LOAD", body) != SHA[name].encode():
+                    raise StoreError(f"the store names the {name} script otherwise than its SHA1")
+            await self._renew(connection)
+        except FAILURES as exc:
+            connection.close()
+            return exc
+        return connection
 
     async def _reconnect(self) -> None:
-        """Ping with backoff until the store answers, then share again."""
-        client = self._client
-        assert client is not None
+        """Try a new connection with backoff until the store answers, then share again."""
+        assert self.state is not None
         delay = self.retry
         while True:
             await asyncio.sleep(delay)
-            if await self._probe(client) is None:
+            found = await self._connect(self.state.redis)
+            if isinstance(found, RespConnection):
                 break
             delay = min(delay * 2, self.retry_max)
-        self._shared("reachable again")
+        self._shared(found, "reachable again")
 
     async def _renewing(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            await self.attempt(self._renew)
+            connection = self._connection
+            if connection is None:
+                continue
+            try:
+                await self._renew(connection)
+            except FAILURES as exc:
+                self._lost(connection, exc)
 
-    async def _renew(self, client: Redis) -> None:
+    async def _renew(self, connection: RespConnection) -> None:
         """Give every connection this process has open a fresh lease (adding those missing)."""
-        batch = [(view.key(address), ids) for view in list(self._views) for address, ids in view.open.items() if ids]
-        if not batch:
-            return
-        async with client.pipeline(transaction=False) as pipe:
-            for key, ids in batch:
-                await self._scripts["renew"](keys=[key], args=[self.now(), self.lease, *ids], client=pipe)
-            await pipe.execute()
+        now = self.now()
+        replies = [connection.request(evalsha("renew", view.key(address), now, self.lease, *ids))
+                   for view in list(self._views) for address, ids in view.open.items() if ids]
+        await asyncio.gather(*replies)
 
 
 class RedisCounters:
@@ -300,7 +305,7 @@ class RedisCounters:
     async def open_connection(self, address: str, limit: int | None) -> bool:
         store = self.store
         lease = store.new_id()
-        counted = await store.call("open", self.key(address), [store.now(), store.lease, -1 if limit is None else limit, lease])
+        counted = await store.call(evalsha("open", self.key(address), store.now(), store.lease, -1 if limit is None else limit, lease))
         if counted is None:
             counted = limit is None or len(self.open.get(address, ())) < limit
         if counted:
@@ -314,19 +319,18 @@ class RedisCounters:
         lease = ids.pop()
         if not ids:
             del self.open[address]
-        await self.store.attempt(lambda client: client.zrem(self.key(address), lease))
+        self.store.send(pack(b"ZREM", self.key(address), lease))
 
     async def _window(self, kind: str, address: str, window: float, limit: int | None, record: bool) -> tuple[bool, int] | None:
         store = self.store
-        args: list[str | float] = [store.now(), window / BUCKETS, -1 if limit is None else limit, int(record)]
-        reply = await store.call("window", self._window_key(kind, address, window), args)
-        if reply is None:
-            return None
-        assert isinstance(reply, list)
-        recorded, total = bool(reply[0]), int(reply[1])
-        if recorded:
-            await self.local.hit(kind, address, window)
-        return recorded, total
+        reply = await store.call(evalsha("window", self._window_key(kind, address, window), store.now(), window / BUCKETS,
+                                         -1 if limit is None else limit, int(record)))
+        match reply:
+            case [int() as recorded, int() as total]:
+                if recorded:
+                    await self.local.hit(kind, address, window)
+                return bool(recorded), total
+        return None
 
     async def take(self, kind: str, address: str, limit: int | None, window: float = HOUR) -> bool:
         shared = await self._window(kind, address, window, limit, True)
