@@ -65,13 +65,24 @@ def cli() -> None:
 @cli.command()
 @policy_option
 def validate(policy_path: str) -> None:
-    """Parse and check the policy; exit 1 listing every error with its line."""
+    """Parse and check the policy; exit 1 listing every error with its line.
+
+    Each file: list and country[...] entry is listed with the ranges it holds, so a list that
+    read empty or a country the database has no address for shows before it is applied."""
+    from netpolicy.model.entries import AddressSetEntry
+
     policy = load_or_exit(policy_path)
     groups = sum(len(entries) for entries in policy.sender_groups.values())
-    click.echo(
+    lines = [
         f"{policy_path}: ok (generation {policy.generation()}, {len(policy.listeners)} listener(s), "
         f"{len(policy.sender_groups)} sender group(s), {groups} entries)"
-    )
+    ]
+    for name, entries in policy.sender_groups.items():
+        for entry in entries:
+            if isinstance(entry, AddressSetEntry):
+                empty = "" if entry.v4 or entry.v6 else ": no address"
+                lines.append(f"  {name}: {entry.text}: {len(entry.v4)} IPv4 and {len(entry.v6)} IPv6 ranges{empty}")
+    click.echo("\n".join(lines))
 
 
 @cli.command()
@@ -86,7 +97,7 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
     """Which sender group, entry, policy and behaviour ADDRESS gets, and where it is enforced.
 
     With a reputation block, also the score the --listed answers give (0 when no list lists the
-    host; trace has no failed lookups, so never none)."""
+    host; trace has no failed lookups, so never none); with a geoip block, the address's country."""
     from netpolicy.model.compiler import compile_listener
     from netpolicy.model.entries import EntryError, address_to_int
     from netpolicy.model.hat import HatIndex, build_groups
@@ -121,6 +132,8 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
     }
     if decision.scored:
         result["score"] = decision.score
+    if policy.geoip is not None:
+        result["country"] = decision.country
     if as_json:
         print_json(result)
         return

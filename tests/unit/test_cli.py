@@ -31,6 +31,21 @@ def test_validate_ok_and_errors(tmp_path: Path) -> None:
     assert "'10.1.1.300' is not an IPv4 address" in err and "unknown key 'max_conc'" in err
 
 
+def test_validate_counts_what_lists_and_countries_hold(tmp_path: Path) -> None:
+    database = country_database(tmp_path / "country.mmdb", {"RU": ["203.0.113.0/24", "2001:db8:c::/48"]})
+    (tmp_path / "drop.txt").write_text("# two hosts next to each other, a network, an IPv6 network\n192.0.2.1\n192.0.2.2\n198.51.100.0/24\n2001:db8::/64\n")
+    text = Path(EXAMPLE).read_text().replace("  BLACKLIST: [127.0.0.66,", '  BLACKLIST: ["file:drop.txt", "country[RU]", "country[FR]", 127.0.0.66,')
+    policy = tmp_path / "lists.yml"
+    policy.write_text(f"{text}geoip:\n  database: {database}\n")
+    code, out, _ = run("validate", "-p", str(policy))
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "  BLACKLIST: file:drop.txt: 2 IPv4 and 1 IPv6 ranges",
+        "  BLACKLIST: country[RU]: 1 IPv4 and 1 IPv6 ranges",
+        "  BLACKLIST: country[FR]: 0 IPv4 and 0 IPv6 ranges: no address",  # the database has none for FR
+    ]
+
+
 def test_trace_json_has_exactly_the_spec_keys() -> None:
     code, out, _ = run("trace", "-p", EXAMPLE, "192.0.2.9", "--json")
     assert code == 0
@@ -75,8 +90,27 @@ def test_trace_scores_the_listed_answers() -> None:
         code, out, _ = run("trace", "-p", REPUTATION_EXAMPLE, address, "--json", *args)
         result = json.loads(out)
         assert code == 0 and (result["score"], result["sender_group"]) == (score, group), listed
+        assert "country" not in result  # no geoip block
     code, out, _ = run("trace", "-p", REPUTATION_EXAMPLE, "203.0.113.7", "--listed", "zen.spamhaus.org=127.0.0.4")
     assert code == 0 and any(line.split() == ["score", "-6.0"] for line in out.splitlines())
+
+
+def test_trace_tells_the_country(tmp_path: Path) -> None:
+    database = country_database(tmp_path / "country.mmdb", {"RU": ["203.0.113.0/24"], "CN": ["2001:db8:c::/48"]})
+    text = Path(EXAMPLE).read_text().replace("  BLACKLIST: [127.0.0.66,", '  BLACKLIST: ["country[RU]", 127.0.0.66,')
+    policy = tmp_path / "countries.yml"
+    policy.write_text(f"{text}geoip:\n  database: {database}\n")
+    for address, group, match, country, enforced in [
+        ("203.0.113.5", "BLACKLIST", "country[RU]", "RU", "kernel"),  # a country entry is an address entry
+        ("2001:db8:c::1", "ALL", "ALL", "CN", "userland"),
+        ("10.1.1.1", "ALL", "ALL", None, "userland"),  # not in the database
+    ]:
+        code, out, _ = run("trace", "-p", str(policy), address, "--json")
+        result = json.loads(out)
+        assert code == 0 and "score" not in result, address
+        assert (result["sender_group"], result["match"], result["country"], result["enforced_in"]) == (group, match, country, enforced)
+    code, out, _ = run("trace", "-p", str(policy), "203.0.113.5")
+    assert any(line.split() == ["country", "RU"] for line in out.splitlines())
 
 
 def test_trace_human_output_and_bad_input() -> None:
