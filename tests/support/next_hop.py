@@ -23,7 +23,10 @@ class ScriptedHop:
     data_reply: str = "250 2.0.0 Ok: queued as HOP1"
     drop_after: int | None = None  # close the connection after this many bytes of DATA
     mute_after_data: bool = False  # read the message, never answer
+    extensions: list[str] = field(default_factory=lambda: ["8BITMIME"])  # what EHLO offers
+    other_reply: str = "250 Ok"  # to any other command (XCLIENT, XFORWARD, NOOP...)
     accepted: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # every command line, as received
     server: asyncio.AbstractServer | None = None
 
     async def start(self) -> str:
@@ -38,9 +41,10 @@ class ScriptedHop:
         sender, rcpts = "", []
         writer.write(b"220 hop.test ESMTP\r\n")
         while line := (await reader.readline()).decode().rstrip("\r\n"):
+            self.commands.append(line)
             verb = line[:4].upper()
             if verb in ("EHLO", "HELO"):
-                reply = "250-hop.test\r\n250 8BITMIME"
+                reply = "\r\n".join(f"250{'-' if i < len(self.extensions) else ' '}{t}" for i, t in enumerate(["hop.test", *self.extensions]))
             elif verb == "MAIL":
                 sender, rcpts = line[10:].split()[0].strip("<>"), []
                 reply = self.mail_reply
@@ -68,7 +72,7 @@ class ScriptedHop:
                 writer.write(b"221 bye\r\n")
                 break
             else:
-                reply = "250 Ok"
+                reply = self.other_reply
             writer.write(reply.encode() + b"\r\n")
         writer.close()
 
