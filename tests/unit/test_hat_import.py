@@ -300,6 +300,8 @@ def test_country_entries_get_upper_case_codes_and_a_geoip_block(tmp_path: Path) 
     policy = parse_policy(out)
     assert [e.text for e in policy.sender_groups["FOREIGN"]] == ["country[CN,RU]", "10.9.9.9"]
     assert policy.geoip is not None and str(policy.geoip.database) == str(database)
+    hat = hat_of(policy)
+    assert [hat.decide(a).sender_group for a in ("198.51.100.7", "2001:db8:c::1", "192.0.2.1")] == ["FOREIGN", "FOREIGN", "ALL"]
     lines = out.splitlines()
     intro = " ".join(lines[lines.index("geoip:") - 3 : lines.index("geoip:")])
     assert intro.startswith("# EDIT") and "GeoLite2-Country.mmdb" in intro and "geoipupdate" in intro and "DB-IP" in intro
