@@ -58,6 +58,7 @@ _SPF_LOG = {"pass": "Pass", "fail": "Fail", "softfail": "SoftFail", "neutral": "
             "temperror": "TempError", "permerror": "PermError"}
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,255}\Z")  # an RFC 8601 pvalue without quoting
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,12 @@ class RspamdClient:
     async def _ask(self, settings: Scanner, checks: Checks, envelope: ScanEnvelope, message: Spool) -> _Answer:
         host, port = split_rspamd_url(settings.rspamd)
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/checkv2"
-        headers = [("IP", envelope.address), ("Helo", envelope.helo), ("Hostname", envelope.hostname or "unknown"),
-                   ("From", envelope.sender or "<>"), *(("Rcpt", r) for r in envelope.recipients),
-                   ("Queue-Id", str(envelope.mid)), ("Settings", checks.settings()),
-                   ("Content-Length", str(message.size))]
+        # The HELO is the client's text: a control character in it would end the header line
+        # (aiohttp refuses the request instead). Addresses were read by RFC 5321's grammar.
+        headers = [("IP", envelope.address), ("Helo", _CONTROL.sub("?", envelope.helo)),
+                   ("Hostname", envelope.hostname or "unknown"), ("From", envelope.sender or "<>"),
+                   *(("Rcpt", r) for r in envelope.recipients), ("Queue-Id", str(envelope.mid)),
+                   ("Settings", checks.settings()), ("Content-Length", str(message.size))]
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         try:

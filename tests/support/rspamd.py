@@ -208,14 +208,15 @@ class FakeRspamd:
     """An HTTP server on loopback answering ``/checkv2`` with one of rspamd's failures (``FAULTS``):
     ``down`` listens nowhere, ``slow`` reads the request and never answers, ``http-500``
     answers 500, ``garbage`` a 200 that is not JSON, ``cut`` closes after half its answer,
-    ``antivirus-failed`` rspamd's clean answer but its antivirus rule could not reach clamd.
-    ``requests`` counts the requests read."""
+    ``antivirus-failed`` rspamd's clean answer but its antivirus rule could not reach clamd; and
+    ``clean``, no fault: rspamd's answer for a clean message. ``requests`` holds each request
+    read (its head and its body)."""
 
     def __init__(self, fault: str, address: str = "127.0.0.1") -> None:
         self.fault = fault
         self.address = address
         self.port = free_port(address)
-        self.requests = 0
+        self.requests: list[tuple[bytes, bytes]] = []
         self._server: asyncio.Server | None = None
 
     @property
@@ -237,8 +238,7 @@ class FakeRspamd:
             head = await reader.readuntil(b"\r\n\r\n")
             length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                            if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
-            self.requests += 1
+            self.requests.append((head, await reader.readexactly(length)))
             if self.fault == "slow":
                 await reader.read()  # the fault under test: no answer until the client gives up
                 return
@@ -257,6 +257,8 @@ class FakeRspamd:
         elif self.fault == "antivirus-failed":
             body = json.dumps({"action": "no action", "score": 0.0, "symbols": {
                 "CLAM_VIRUS_FAIL": {"name": "CLAM_VIRUS_FAIL", "score": 0.0, "options": ["failed to scan, maximum retransmits exceed"]}}}).encode()
+        elif self.fault == "clean":
+            body = json.dumps({"action": "no action", "score": 0.0, "symbols": {}}).encode()
         else:  # cut: half of a longer answer, then the connection closes
             body = json.dumps({"action": "no action", "score": 0.0, "symbols": {}}).encode()
             return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * len(body)) + body[: len(body) // 2]

@@ -259,3 +259,31 @@ def test_the_example_runs_the_checks_its_comments_say() -> None:
     assert checks["ACCEPTED"] == Checks(spam=True, virus=True, spf=True, dkim=True, dmarc=True)
     assert checks["TRUSTED"] == Checks(spam=False, virus=True, spf=True, dkim=True, dmarc=True)
     assert checks["RELAYED"] == Checks(virus=True)
+
+
+async def test_the_request_carries_the_envelope_and_the_held_message() -> None:
+    """rspamd's protocol: one Rcpt header per recipient, <> for the null sender, "unknown" for
+    an unverified host, the MID as Queue-Id, and the message with its length; a control
+    character in the client's HELO does not reach the header."""
+    from netpolicy.model.policy import Scanner
+
+    text = b"Received: from x\r\n\tby mx\r\nSubject: x\r\n\r\n" + b"y" * 300_000 + b"\r\n"
+    spool = Spool(ByteBudget(1 << 20))
+    spool.write(text)
+    envelope = ScanEnvelope(9, "198.51.100.9", "bad\x01helo", None, "", ["a@example.test", "b@example.test"], "mx.example.test")
+    async with FakeRspamd("clean") as fake:
+        client = RspamdClient(Scanner(rspamd=fake.url))
+        try:
+            verdict = await client.check(Checks(spam=True), envelope, spool, MailLog(stream=io.StringIO()))
+        finally:
+            await client.close()
+    assert verdict.outcome == "clean"
+    [(head, body)] = fake.requests
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /checkv2 HTTP/1.1"
+    fields = [tuple(line.split(": ", 1)) for line in lines[1:] if ": " in line]
+    for field in [("IP", "198.51.100.9"), ("Helo", "bad?helo"), ("Hostname", "unknown"), ("From", "<>"),
+                  ("Rcpt", "a@example.test"), ("Rcpt", "b@example.test"), ("Queue-Id", "9"),
+                  ("Settings", '{"groups_disabled": ["antivirus", "dkim", "dmarc", "spf"]}'), ("Content-Length", str(len(text)))]:
+        assert field in fields
+    assert body == text
