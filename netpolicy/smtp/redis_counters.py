@@ -190,9 +190,9 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._connection is not None:
-            self._connection.close()
-        self._connection, self.state = None, None
+        connection, self._connection, self.state = self._connection, None, None
+        if connection is not None:
+            connection.close()
 
     def new_id(self) -> str:
         self._ids += 1
@@ -222,9 +222,9 @@ class RedisStore:
             self._down(exc)
 
     def _down(self, exc: BaseException) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()  # its on_lost finds it no longer in use
         log.warning("%s (%s: %s)", UNREACHABLE, type(exc).__name__, exc)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = self._start(self._reconnect())
@@ -245,6 +245,7 @@ class RedisStore:
             connection = await RespConnection.open(url, self.timeout)
         except FAILURES as exc:
             return exc
+        connection.on_lost = lambda exc: self._lost(connection, exc)
         try:
             await connection.call("PING")
             for name, body in SCRIPTS.items():

@@ -23,6 +23,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -84,6 +85,7 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Reply | StoreError, int] | 
 class RespConnection(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        self.on_lost: Callable[[OSError], None] | None = None  # told once, when the connection is lost
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiting: deque[tuple[asyncio.Future[Reply] | None, float]] = deque()
@@ -191,6 +193,8 @@ class RespConnection(asyncio.Protocol):
         error = exc if isinstance(exc, OSError) else ConnectionError(str(exc))
         if self._lost is None:
             self._lost = error
+            if self.on_lost is not None:
+                self.on_lost(error)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
