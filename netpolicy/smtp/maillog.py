@@ -119,12 +119,15 @@ class MailLog:
     def decision(self, icid: int, decision: Decision, delayed: bool = False) -> None:
         """``ICID 5 ACCEPT SG ALL match ALL``; a delayed REJECT says so. With a reputation block
         the score follows with one decimal, as the appliance writes it (`` SBRS -6.0``,
-        `` SBRS none`` when every source failed)."""
+        `` SBRS none`` when every source failed), then the country when the policy's GeoIP
+        database places the address (`` country CN``)."""
         behavior = decision.behavior.upper()
         prefix = "Delayed " if delayed else ""
         text = f"ICID {icid} {prefix}{behavior} SG {decision.sender_group} match {decision.match}"
         if decision.scored:
             text += " SBRS none" if decision.score is None else f" SBRS {decision.score:.1f}"
+        if decision.country is not None:
+            text += f" country {decision.country}"
         self.line(text)
 
     def kernel_refusal(self, sender_group: str, match: str) -> None:

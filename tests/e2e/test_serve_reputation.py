@@ -4,7 +4,8 @@ serve runs in the server namespace with the system's own resolver configuration:
 resolv.conf names the test's DNS server on 127.0.0.1:53 inside that namespace, which serves three
 DNS lists (two block lists, one whitelist) and the clients' reverse zone. Clients connect from
 listed and unlisted addresses across the veth link and see the HAT's verdict; the mail log's
-decision line carries the score as the appliance writes it.
+decision line carries the score as the appliance writes it, and the country of the policy's
+GeoIP database where it places the address.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dns_server import DnsServer, Record, Zone, dnslist_name, resolv_conf, reverse_name
+from tests.support.geoip import country_database
 from tests.support.netns import NetPair
 from tests.support.serve import Served
 from tests.support.serve_policy import PORT
@@ -48,6 +50,8 @@ reputation:
     - {{dnslist: zen.test, answers: "127.0.0.[2..11]", weight: -6}}
     - {{dnslist: spamcop.test, weight: -3}}
     - {{dnslist: dnswl.test, answers: "127.0.[0..255].[1..3]", weight: 4}}
+geoip:
+  database: {geoip}
 mail_flow_policies:
   ACCEPTED: {{behavior: accept}}
   REJECTED: {{behavior: reject}}
@@ -75,8 +79,9 @@ def reputation_served(netpair: NetPair, tmp_path: Path) -> Iterator[tuple[Served
     dns.drop(*(dnslist_name(UNSCORED, zone) for zone in LISTINGS))
     with dns, resolv_conf(netpair.server, "127.0.0.1"):
         served = Served(netpair, tmp_path)
+        geoip = country_database(tmp_path / "countries.mmdb", {"CN": ["192.0.2.64/28"], "NL": ["192.0.2.96/28"]})
         served.write_policy(text=POLICY.format(address=netpair.server_v4, port=PORT, maildir=tmp_path / "maildir",
-                                               timeout=TIMEOUT))
+                                               timeout=TIMEOUT, geoip=geoip))
         try:
             served.start()
             yield served, dns
@@ -99,11 +104,11 @@ def decision_line(served: Served, address: str) -> str:
 def test_the_score_decides_and_the_decision_line_carries_it(reputation_served: tuple[Served, DnsServer]) -> None:
     served, dns = reputation_served
     assert served.outcome(LISTED) == "554"
-    assert decision_line(served, LISTED) == "REJECT SG BLACKLIST match score[-10:-3] SBRS -9.0"
+    assert decision_line(served, LISTED) == "REJECT SG BLACKLIST match score[-10:-3] SBRS -9.0 country CN"
     assert served.outcome(SUSPECT) == "554"
     assert decision_line(served, SUSPECT) == "REJECT SG BLACKLIST match score[-10:-3] SBRS -3.0"  # zen's error code not counted
     assert served.outcome(CLEAN) == "220"
-    assert decision_line(served, CLEAN) == "ACCEPT SG ALL match ALL SBRS 0.0"
+    assert decision_line(served, CLEAN) == "ACCEPT SG ALL match ALL SBRS 0.0 country NL"
     assert "address 192.0.2.99 reverse dns host mail.sender.test verified yes" in served.log_text()
     assert served.outcome(WHITELISTED) == "220"
     assert decision_line(served, WHITELISTED) == "ACCEPT SG ALL match ALL SBRS 4.0"

@@ -76,6 +76,20 @@ def test_scored_decision_ends_with_the_score_as_the_appliance_writes_it() -> Non
     ]
 
 
+def test_the_country_follows_the_score_as_in_the_spec() -> None:
+    out = io.StringIO()
+    log = MailLog(stream=out, first_id=5)
+    blocked = replace(decision("BLACKLIST", "score[-10:-3]", "tcprefuse"), score=-9.0, scored=True, country="CN")
+    log.decision(log.next_id(), blocked)
+    log.decision(log.next_id(), replace(decision("ALL", "ALL", "accept"), country="NL"))  # geoip, no reputation
+    log.decision(log.next_id(), replace(decision("ALL", "ALL", "accept"), scored=True))  # in no country
+    assert out.getvalue().splitlines() == [
+        "ICID 5 TCPREFUSE SG BLACKLIST match score[-10:-3] SBRS -9.0 country CN",
+        "ICID 6 ACCEPT SG ALL match ALL country NL",
+        "ICID 7 ACCEPT SG ALL match ALL SBRS none",
+    ]
+
+
 def test_file_lines_carry_time_and_level(tmp_path: Path) -> None:
     path = tmp_path / "mail.log"
     log = MailLog(str(path), clock=lambda: 1795428000.25)  # 2026-11-23T10:00:00Z
