@@ -237,6 +237,19 @@ def test_on_uvloop(redis_server: RedisServer) -> None:
     assert uvloop.run(shared())
 
 
+async def test_password_and_database_from_the_url(gateways: Gateways, caplog: pytest.LogCaptureFixture) -> None:
+    with running_redis(options=("--requirepass", "s3cr:t")) as server:
+        base = f"redis://:s3cr%3At@{server.address}:{server.port}"
+        (a,) = await gateways(f"{base}/2", 1)
+        assert a.store.up
+        assert await a.take("rcpts", ADDRESS, 10)
+        async with Redis.from_url(f"{base}/2", decode_responses=True) as client:
+            assert await client.keys("np:*") == [f"np:win:IncomingMail:rcpts:3600:{ADDRESS}"]
+        (b,) = await gateways(f"redis://:wrong@{server.address}:{server.port}/2", 1)
+        assert b.store.up is False
+        assert "WRONGPASS" in caplog.text
+
+
 # -- whole SMTP sessions: two listeners (gateways) on loopback, each on its own store client ----
 
 

@@ -36,9 +36,10 @@ def _free_port(address: str) -> int:
 
 
 def _pings(address: str, port: int) -> bool:
+    """It answers (PONG, or NOAUTH when it wants a password)."""
     with socket.create_connection((address, port), timeout=0.5) as sock:
         sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
+        return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RedisServer:
     port: int
     directory: str
     ns: Netns | None = None
+    options: tuple[str, ...] = ()  # more redis-server options, e.g. ("--requirepass", "secret")
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -57,7 +59,7 @@ class RedisServer:
         """Start it (again) on the same address and port; returns once it answers PING."""
         argv = [REDIS_SERVER, "--bind", self.address, "--port", str(self.port), "--dir", self.directory,
                 "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
-                "--logfile", os.path.join(self.directory, "redis.log")]
+                "--logfile", os.path.join(self.directory, "redis.log"), *self.options]
         if self.ns is None:
             self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_until(lambda: _pings(self.address, self.port), "redis-server answering PING", ignoring=(OSError,))
@@ -87,7 +89,7 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis(address: str | None = None, ns: Netns | None = None) -> Iterator[RedisServer]:
+def running_redis(address: str | None = None, ns: Netns | None = None, options: tuple[str, ...] = ()) -> Iterator[RedisServer]:
     """A started redis-server, killed and its directory removed on exit, even on failure."""
     if not os.path.exists(REDIS_SERVER):
         pytest.skip("redis-server is not installed (make sysdeps: redis-server)")
@@ -95,7 +97,7 @@ def running_redis(address: str | None = None, ns: Netns | None = None) -> Iterat
         address = f"127.63.{os.getpid() % 250 + 1}.{time.monotonic_ns() % 250 + 1}"
     port = _free_port(address) if ns is None else ns.call(lambda: _free_port(address))
     directory = tempfile.mkdtemp(prefix="np-redis-")
-    server = RedisServer(address, port, directory, ns)
+    server = RedisServer(address, port, directory, ns, options)
     try:
         server.start()
         yield server
