@@ -9,6 +9,7 @@ the outage once; started again (empty), the limit is shared again.
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,15 +35,26 @@ def shared(tmp_path: Path) -> Iterator[tuple[Fleet, RedisServer, list[Served]]]:
             for i in range(2):
                 served = Served(net.gateway(i), tmp_path / f"gw{i}")
                 served.tmp.mkdir()
-                text = policy_text(net.gateway_v4(i), served.tmp / "maildir").replace(
-                    "ACCEPTED: {behavior: accept}", "ACCEPTED: {behavior: accept, max_rcpts_per_hour: 10}")
-                served.write_policy(text=text + f"state: {{redis: '{store.url}', prefix: 'fleet:'}}\n")
+                served.write_policy(text=_policy(net, i, served, store.url))
                 served.start()
                 gateways.append(served)
             yield net, store, gateways
         finally:
             for served in gateways:
                 served.stop()
+
+
+def _policy(net: Fleet, i: int, served: Served, url: str | None) -> str:
+    text = policy_text(net.gateway_v4(i), served.tmp / "maildir").replace(
+        "ACCEPTED: {behavior: accept}", "ACCEPTED: {behavior: accept, max_rcpts_per_hour: 10}")
+    return text + (f"state: {{redis: '{url}', prefix: 'fleet:'}}\n" if url else "")
+
+
+def _reload(served: Served, text: str) -> None:
+    done = served.stderr_text().count("now at policy generation")
+    served.write_policy(text=text)
+    served.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: served.stderr_text().count("now at policy generation") > done, "the reload")
 
 
 def _root() -> bool:
@@ -104,3 +116,15 @@ def test_store_killed_and_restarted(shared: tuple[Fleet, RedisServer, list[Serve
     after = _spread(net, net.add_client_address(101), "c")
     assert after.count(250) == 10, after
     assert "Traceback" not in "".join(s.stderr_text() for s in gateways)
+
+
+def test_a_reload_moves_a_gateway_off_the_store_and_back(shared: tuple[Fleet, RedisServer, list[Served]]) -> None:
+    net, store, gateways = shared
+    first = gateways[0]
+    _reload(first, _policy(net, 0, first, None))
+    apart = _spread(net, net.add_client_address(102), "d")
+    assert apart.count(250) == 20, apart  # gateway 0 counts alone now: 10 there, 10 on the store
+    _reload(first, _policy(net, 0, first, store.url))
+    wait_until(lambda: first.stderr_text().count("state store reachable: limits are shared") == 2, "gateway 0 on the store")
+    shared_again = _spread(net, net.add_client_address(103), "e")
+    assert shared_again.count(250) == 10, shared_again
