@@ -250,6 +250,17 @@ async def test_password_and_database_from_the_url(gateways: Gateways, caplog: py
         assert "WRONGPASS" in caplog.text
 
 
+async def test_a_url_scheme_not_supported_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    store = RedisStore()
+    await store.configure(State(redis="redis+sentinel://192.0.2.1:26379/mymaster/0"))
+    try:
+        assert store.up is False
+        assert "redis+sentinel:// is not supported (yet)" in caplog.text
+        assert await store.counters("IncomingMail").take("rcpts", ADDRESS, 1)  # per process
+    finally:
+        await store.close()
+
+
 # -- whole SMTP sessions: two listeners (gateways) on loopback, each on its own store client ----
 
 
