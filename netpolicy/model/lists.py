@@ -27,6 +27,7 @@ import sys
 import threading
 from array import array
 from bisect import bisect_left, bisect_right, insort
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -144,6 +145,8 @@ def _changed(content: ListContent, kept: _Kept, data: bytes, digest: str) -> tup
         return None
     if len(removed) + len(added) > _MAX_CHANGES:
         return None
+    before, after = Counter(removed), Counter(added)  # lines between two changes are on both sides
+    removed, added = list((before - after).elements()), list((after - before).elements())
     hosts, spans = list(kept.hosts), {4: list(kept.spans[4]), 6: list(kept.spans[6])}
     touched: list[tuple[int, int, int]] = []
     try:
