@@ -22,7 +22,8 @@ repair, or when a full check finds them gone, with the time they have left; neve
 learned refusal is at most ``learn_refusals`` seconds, which both backends hold in one go).
 They belong to the policy generation they were decided under: a batch decided under another
 generation than the plan's is dropped, and applying a plan of a new generation forgets them
-(the backend empties the learned sets in the same apply). Unlike the promotions, which are
+(the backend empties the learned sets in the same apply); a restarted serve that finds its own
+generation in force takes over those the kernel kept. Unlike the promotions, which are
 few, they are not read back on every check: there may be tens of thousands, and a dump of a
 set costs more than the one-request check it would ride on.
 """
@@ -129,10 +130,13 @@ class Reconciler:
             if self._applied is not plan:
                 if self._applied is not None and self._applied.generation != plan.generation:
                     self._learned.clear()  # the backend empties the learned sets in this apply
+                first = self._applied is None
                 diff = self.backend.apply(plan)
                 self._applied = plan
                 if not diff.in_sync:
                     log.info("applied policy generation %s (%d element changes)", plan.generation, diff.element_changes)
+                if first and diff.kernel_generation == plan.generation:
+                    self._adopt_learned()
                 self._renew_promotions()
                 self._restore_learned()
                 return CheckResult(applied=True, diff=diff)
@@ -202,6 +206,17 @@ class Reconciler:
             what = "restored" if have is None else "renewed"
             log.warning("%s the promotion of %s on %s (%.0f s left)", what, address, listener, left)
 
+
+    def _adopt_learned(self) -> None:
+        """A restarted serve finding its policy's generation in force: the learned refusals
+        the kernel kept were decided under that policy, so they are remembered (and put back
+        after drift) for the time they have left."""
+        now = self._clock()
+        by_lid = {listener_id(lp.name): lp.name for lp in self._plan.kernel_listeners()}
+        for found in self.backend.learned():
+            listener = by_lid.get(found.listener)
+            if listener is not None and found.expires_in >= MIN_SECONDS:
+                self._learned.put((listener, found.address), now + found.expires_in)
 
     def _restore_learned(self) -> None:
         """Put back the learned refusals the kernel lost, with the time they have left."""

@@ -295,3 +295,14 @@ def test_learned_refusals_the_kernel_refused_are_put_back_by_the_repair(kernel: 
     kernel.fail_with = None
     assert rec.check_once().repaired
     assert [r.address for r in kernel.learned()] == ["192.0.2.9"]
+
+
+def test_a_restart_under_the_same_policy_takes_over_what_the_kernel_learned(kernel: MemoryKernel, clock: Clock) -> None:
+    Reconciler(kernel, plan(), clock=clock).check_once()
+    kernel.learn("In-Mail", {"192.0.2.9": 300})
+    clock.now += 100
+    restarted = Reconciler(kernel, plan(), clock=clock)
+    restarted.check_once()
+    kernel.flush()
+    assert restarted.check_once().repaired
+    assert {r.address: r.expires_in for r in kernel.learned()} == {"192.0.2.9": pytest.approx(200)}
