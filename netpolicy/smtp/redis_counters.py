@@ -10,11 +10,12 @@ Hourly windows: one hash per (listener, kind, window, address) whose fields are 
 numbers, the in-memory counters' sliding window. A hash rather than a sorted set of events: its
 size is bounded by the buckets, not by the traffic (MEMORY USAGE of one address's window after
 1000 events an hour: 560 bytes against 92,184 for a sorted set; after 20,000 an hour: 688 against
-2,058,008). It costs the store more CPU when all 60 buckets are filled by few events, since the
-script reads every bucket (41 µs a call against 24 at 1000 events an hour; 28 against 28 at
-20,000). The time is the store's (``TIME`` inside the script), so gateways whose clocks disagree
-still share one window. Each write sets the key to expire one window later, when its last bucket
-has left the window anyway.
+2,058,008). Beside the buckets it keeps their total and the oldest bucket's number, so a call
+reads every bucket only when the oldest has left the window (once a bucket width at most): store
+CPU per call 25 µs at 1000 events an hour and 22 µs at 20,000, against 24 and 28 for a sorted
+set and 41 and 31 when every call read every bucket. The time is the store's (``TIME`` inside
+the script), so gateways whose clocks disagree still share one window. Each write sets the key
+to expire one window later, when its last bucket has left the window anyway.
 
 Open connections: one sorted set per (listener, address) of lease ids scored by the time each
 lease runs out. The process renews the leases of its open connections every ``lease / 3``
@@ -67,24 +68,42 @@ end
 
 # ARGV: now (-1: the store's clock), bucket width, limit (-1: none), record (1) or only count (0).
 # Returns {recorded (0/1), events in the window (the recorded one included)}.
+# Fields: one per bucket (its number), "n" the events in them, "lo" the oldest bucket number.
+# Buckets are read and dropped only when "lo" has left the window: once a bucket width at most.
 WINDOW = _NOW + f"""
 local width = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local bucket = math.floor(now / width)
 local oldest = bucket - {BUCKETS - 1}
-local fields = redis.call('HGETALL', KEYS[1])
-local total = 0
-for i = 1, #fields, 2 do
-  if tonumber(fields[i]) < oldest then
-    redis.call('HDEL', KEYS[1], fields[i])
+local meta = redis.call('HMGET', KEYS[1], 'lo', 'n')
+local lo, total = tonumber(meta[1]), tonumber(meta[2]) or 0
+if lo and lo < oldest then
+  local fields = redis.call('HGETALL', KEYS[1])
+  lo, total = nil, 0
+  for i = 1, #fields, 2 do
+    local number = tonumber(fields[i])
+    if fields[i] == 'lo' or fields[i] == 'n' then
+    elseif number < oldest then
+      redis.call('HDEL', KEYS[1], fields[i])
+    else
+      total = total + tonumber(fields[i + 1])
+      if lo == nil or number < lo then lo = number end
+    end
+  end
+  if lo == nil then
+    redis.call('DEL', KEYS[1])
   else
-    total = total + tonumber(fields[i + 1])
+    redis.call('HSET', KEYS[1], 'lo', string.format('%d', lo), 'n', total)
   end
 end
 if ARGV[4] == '0' or (limit >= 0 and total >= limit) then
   return {{0, total}}
 end
 redis.call('HINCRBY', KEYS[1], string.format('%d', bucket), 1)
+redis.call('HSET', KEYS[1], 'n', total + 1)
+if lo == nil or bucket < lo then
+  redis.call('HSET', KEYS[1], 'lo', string.format('%d', bucket))
+end
 redis.call('PEXPIRE', KEYS[1], math.ceil(width * {BUCKETS} * 1000))
 return {{1, total + 1}}
 """
@@ -212,11 +231,6 @@ class RedisStore:
             self._lost(connection, exc)
             return None
 
-    def send(self, command: bytes) -> None:
-        """``command`` to the store if it is up, its reply unread; a loss shows on the next call."""
-        if self._connection is not None:
-            self._connection.send(command)
-
     def _lost(self, connection: RespConnection, exc: BaseException) -> None:
         if connection is self._connection:
             self._down(exc)
@@ -320,7 +334,7 @@ class RedisCounters:
         lease = ids.pop()
         if not ids:
             del self.open[address]
-        self.store.send(pack(b"ZREM", self.key(address), lease))
+        await self.store.call(pack(b"ZREM", self.key(address), lease))
 
     async def _window(self, kind: str, address: str, window: float, limit: int | None, record: bool) -> tuple[bool, int] | None:
         store = self.store

@@ -9,9 +9,9 @@ second of the in-memory counters (bench/bench_counters.py). A bounded pool also 
 outright ("No connection available") when 20 sessions asked at once.
 
 One connection carries every request: Redis answers in order, so replies are matched to
-requests by position. A request whose reply is not needed (``send``) still takes its place.
-A reply later than ``timeout`` fails every request waiting and closes the connection: the
-caller treats it as a lost store (one timer per connection, not one per request).
+requests by position. A reply later than ``timeout`` fails every request waiting and closes
+the connection: the caller treats it as a lost store (one timer per connection, not one per
+request).
 
 URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, the system's CA
 store), ``unix:///path[?db=N]``.
@@ -88,7 +88,7 @@ class RespConnection(asyncio.Protocol):
         self.on_lost: Callable[[OSError], None] | None = None  # told once, when the connection is lost
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._waiting: deque[tuple[asyncio.Future[Reply] | None, float]] = deque()
+        self._waiting: deque[tuple[asyncio.Future[Reply], float]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._lost: BaseException | None = None
 
@@ -134,7 +134,7 @@ class RespConnection(asyncio.Protocol):
             while self._waiting and (found := parse(buf, pos)) is not None:
                 reply, pos = found
                 future, _ = self._waiting.popleft()
-                if future is None or future.done():
+                if future.done():  # given up on (cancelled)
                     continue
                 if isinstance(reply, StoreError):
                     future.set_exception(reply)
@@ -160,23 +160,16 @@ class RespConnection(asyncio.Protocol):
 
     def request(self, command: bytes) -> asyncio.Future[Reply]:
         """Send one packed command; the future holds its reply."""
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._write(command, future)
-        return future
-
-    def send(self, command: bytes) -> None:
-        """Send one packed command whose reply nobody waits for."""
-        self._write(command, None)
-
-    def _write(self, command: bytes, future: asyncio.Future[Reply] | None) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         if self._lost is not None or self._transport is None:
-            if future is not None:
-                future.set_exception(ConnectionError(f"state store connection lost: {self._lost}"))
-            return
+            future.set_exception(ConnectionError(f"state store connection lost: {self._lost}"))
+            return future
         self._waiting.append((future, time.monotonic()))
         self._transport.write(command)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._check)
+            self._timer = loop.call_later(self.timeout, self._check)
+        return future
 
     def _check(self) -> None:
         """The oldest request has waited ``timeout``: the store is too slow, give up on it."""
@@ -200,7 +193,7 @@ class RespConnection(asyncio.Protocol):
             self._timer = None
         while self._waiting:
             future, _ = self._waiting.popleft()
-            if future is not None and not future.done():
+            if not future.done():
                 future.set_exception(error)
         if self._transport is not None:
             self._transport.abort()

@@ -91,6 +91,20 @@ async def test_hit_counts_every_event(make_counters: MakeCounters) -> None:
     assert await c.hit("dhap", "a") == 1
 
 
+async def test_events_leave_the_window_one_bucket_at_a_time(make_counters: MakeCounters) -> None:
+    clock = Clock()
+    start = clock.now
+    c = await make_counters(clock)
+    for minutes in (0, 10, 20, 30):
+        clock.now = start + minutes * 60
+        await c.hit("dhap", "a")
+    counts = []
+    for minutes in (59, 61, 71, 81, 91):
+        clock.now = start + minutes * 60
+        counts.append(await c.count("dhap", "a"))
+    assert counts == [4, 3, 2, 1, 0]
+
+
 async def test_kinds_and_windows_are_apart(make_counters: MakeCounters) -> None:
     c = await make_counters(Clock())
     assert await c.take("rcpts", "a", 1)
