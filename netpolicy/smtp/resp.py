@@ -13,8 +13,9 @@ requests by position. A reply later than ``timeout`` fails every request waiting
 the connection: the caller treats it as a lost store (one timer per connection, not one per
 request).
 
-URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, the system's CA
-store), ``unix:///path[?db=N]``.
+URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, the server's
+certificate checked against the system's CA store or ``?ssl_ca_certs=/path/ca.pem``),
+``unix:///path[?db=N]``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class RespConnection(asyncio.Protocol):
                 await loop.create_unix_connection(lambda: protocol, unquote(parts.path))
                 db = query.get("db", ["0"])[0]
             elif parts.scheme in ("redis", "rediss"):
-                context = ssl.create_default_context() if parts.scheme == "rediss" else None
+                ca = query.get("ssl_ca_certs", [None])[0]
+                context = ssl.create_default_context(cafile=ca) if parts.scheme == "rediss" else None
                 await loop.create_connection(lambda: protocol, parts.hostname or "localhost", parts.port or 6379, ssl=context)
                 db = parts.path.strip("/") or query.get("db", ["0"])[0]
             else:

@@ -250,6 +250,17 @@ async def test_password_and_database_from_the_url(gateways: Gateways, caplog: py
         assert "WRONGPASS" in caplog.text
 
 
+async def test_tls(gateways: Gateways, caplog: pytest.LogCaptureFixture) -> None:
+    with running_redis(tls=True) as server:
+        (a,) = await gateways(server.url, 1)
+        assert a.store.up
+        assert await a.take("rcpts", ADDRESS, 1)
+        assert not await a.take("rcpts", ADDRESS, 1)
+        (untrusted,) = await gateways(server.url.partition("?")[0], 1)  # the system's CAs did not sign it
+        assert untrusted.store.up is False
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
 async def test_a_url_scheme_not_supported_is_said(caplog: pytest.LogCaptureFixture) -> None:
     store = RedisStore()
     await store.configure(State(redis="redis+sentinel://192.0.2.1:26379/mymaster/0"))

@@ -4,7 +4,8 @@ Each server has an address of its own on loopback (127.63.x.y) and a free port, 
 its own, and no persistence (``--save '' --appendonly no``): a restart comes back empty, which is
 one of the faults under test. ``kill()`` and ``start()`` again keep the address and port, as a
 store restarted by systemd would; ``freeze()`` (SIGSTOP) makes it a store that accepts and never
-answers, the slow store. ``ns``: run it inside a namespace (a test's shared "store" host).
+answers, the slow store. ``tls``: a TLS-only server (rediss://). ``ns``: run it inside a
+namespace (a test's shared "store" host).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,11 +37,14 @@ def _free_port(address: str) -> int:
         return port
 
 
-def _pings(address: str, port: int) -> bool:
+def _pings(address: str, port: int, tls: bool) -> bool:
     """It answers (PONG, or NOAUTH when it wants a password)."""
-    with socket.create_connection((address, port), timeout=0.5) as sock:
-        sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    with socket.create_connection((address, port), timeout=0.5) as plain:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # up, not trusted: the test's client checks
+        with (context.wrap_socket(plain) if tls else plain) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
 
 @dataclass
@@ -52,21 +57,28 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
+    def tls(self) -> bool:
+        return "--tls-cert-file" in self.options
+
+    @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://{self.address}:{self.port}/0?ssl_ca_certs={os.path.join(self.directory, 'store.pem')}"
         return f"redis://{self.address}:{self.port}/0"
 
     def start(self) -> None:
         """Start it (again) on the same address and port; returns once it answers PING."""
-        argv = [REDIS_SERVER, "--bind", self.address, "--port", str(self.port), "--dir", self.directory,
+        port = ["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]
+        argv = [REDIS_SERVER, "--bind", self.address, *port, "--dir", self.directory,
                 "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
                 "--logfile", os.path.join(self.directory, "redis.log"), *self.options]
         if self.ns is None:
             self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_until(lambda: _pings(self.address, self.port), "redis-server answering PING", ignoring=(OSError,))
+            wait_until(lambda: _pings(self.address, self.port, self.tls), "redis-server answering PING", ignoring=(OSError,))
         else:
             ns = self.ns
             self.process = ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_until(lambda: ns.call(lambda: _pings(self.address, self.port)), "redis-server answering PING",
+            wait_until(lambda: ns.call(lambda: _pings(self.address, self.port, self.tls)), "redis-server answering PING",
                        ignoring=(OSError,))
 
     def kill(self) -> None:
@@ -88,15 +100,28 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
 
+def _certificate(directory: str, address: str) -> tuple[str, ...]:
+    """A self-signed certificate for ``address``: the options of a TLS-only server."""
+    cert, key = os.path.join(directory, "store.pem"), os.path.join(directory, "store.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=store.example.test",
+                    "-addext", f"subjectAltName=IP:{address}"], check=True, capture_output=True)
+    return ("--tls-cert-file", cert, "--tls-key-file", key, "--tls-auth-clients", "no")
+
+
 @contextmanager
-def running_redis(address: str | None = None, ns: Netns | None = None, options: tuple[str, ...] = ()) -> Iterator[RedisServer]:
-    """A started redis-server, killed and its directory removed on exit, even on failure."""
+def running_redis(address: str | None = None, ns: Netns | None = None, options: tuple[str, ...] = (),
+                  tls: bool = False) -> Iterator[RedisServer]:
+    """A started redis-server, killed and its directory removed on exit, even on failure.
+    ``tls``: on TLS only, with a self-signed certificate its ``url`` names as the CA."""
     if not os.path.exists(REDIS_SERVER):
         pytest.skip("redis-server is not installed (make sysdeps: redis-server)")
     if address is None:
         address = f"127.63.{os.getpid() % 250 + 1}.{time.monotonic_ns() % 250 + 1}"
     port = _free_port(address) if ns is None else ns.call(lambda: _free_port(address))
     directory = tempfile.mkdtemp(prefix="np-redis-")
+    if tls:
+        options = (*options, *_certificate(directory, address))
     server = RedisServer(address, port, directory, ns, options)
     try:
         server.start()
