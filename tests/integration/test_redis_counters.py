@@ -250,6 +250,15 @@ async def test_password_and_database_from_the_url(gateways: Gateways, caplog: py
         assert "WRONGPASS" in caplog.text
 
 
+async def test_unix_socket(gateways: Gateways, tmp_path: Any) -> None:
+    path = tmp_path / "store.sock"
+    with running_redis(options=("--unixsocket", str(path), "--unixsocketperm", "700")):
+        a, b = await gateways(f"unix://{path}?db=3", 2)
+        assert a.store.up and b.store.up
+        assert await a.take("rcpts", ADDRESS, 1)
+        assert not await b.take("rcpts", ADDRESS, 1)
+
+
 async def test_tls(gateways: Gateways, caplog: pytest.LogCaptureFixture) -> None:
     with running_redis(tls=True) as server:
         (a,) = await gateways(server.url, 1)
