@@ -208,13 +208,20 @@ def kernel_errors() -> Iterator[None]:
         sys.exit(1)
 
 
-def print_diff(result: KernelDiff, as_json: bool) -> None:
+APPLY_SHOWN = 50
+
+
+def print_diff(result: KernelDiff, as_json: bool, limit: int | None = None) -> None:
+    """The diff as lines (all of them, or the first ``limit`` and a count)."""
     if as_json:
         print_json(result.as_json())
     elif result.in_sync:
         click.echo(f"in sync: generation {result.generation} ({result.backend})")
     else:
-        click.echo("\n".join(result.lines()))  # one write: 100k echo calls took 0.25 s
+        lines = result.lines(None if limit is None else limit + 1)
+        if limit is not None and len(lines) > limit:
+            lines[limit:] = [f"... {result.element_changes} element changes in all (netpolicy diff lists every one)"]
+        click.echo("\n".join(lines))  # one write: 100k echo calls took 0.25 s
 
 
 @cli.command(name="diff")
@@ -237,8 +244,12 @@ def diff_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
 @policy_option
 @backend_option
 @click.option("--check", is_flag=True, help="Change nothing; like diff: exit 0 in sync, 2 on drift.")
-def apply_cmd(policy_path: str, backend_name: str, check: bool) -> None:
-    """Make the kernel match the policy, in one atomic transaction; print what changed."""
+@click.option("--verbose", "-v", is_flag=True, help=f"Print every change (default: the first {APPLY_SHOWN} and a count).")
+def apply_cmd(policy_path: str, backend_name: str, check: bool, verbose: bool) -> None:
+    """Make the kernel match the policy, in one atomic transaction; print what changed.
+
+    Only the first changes are printed unless ``--verbose``: formatting and writing a million
+    lines took 12.9 s of a 26 s first apply of a 1M-entry list."""
     from netpolicy.kernel import select_backend
     from netpolicy.model.compiler import compile_policy
 
@@ -246,7 +257,7 @@ def apply_cmd(policy_path: str, backend_name: str, check: bool) -> None:
     with kernel_errors():
         backend = select_backend(backend_name)
         result = backend.diff(plan) if check else backend.apply(plan)
-    print_diff(result, as_json=False)
+    print_diff(result, as_json=False, limit=None if verbose else APPLY_SHOWN)
     if check:
         sys.exit(0 if result.in_sync else EXIT_DRIFT)
     if not result.in_sync:

@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from netpolicy.model.hat import Fact
+from tests.support.netns import NetPair
 from tests.support.serve import NETPOLICY, Served
 from tests.support.serve_policy import PORT as SERVE_PORT
 from tests.support.serve_policy import write_policy
@@ -28,7 +30,6 @@ from tests.support.smtp import (
     policy_dict,
     smtp_pair,
 )
-from tests.support.netns import NetPair
 from tests.support.wait import wait_until, wait_until_async
 
 __all__ = ["smtp_pair"]

@@ -111,3 +111,23 @@ def test_without_cap_net_admin_every_kernel_command_names_the_capability(netpair
         assert "CAP_NET_ADMIN" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "netpolicy" not in netpair.server.exec(["nft", "list", "tables"]).stdout
     assert os.path.exists(policy)
+
+
+def test_apply_prints_the_first_changes_and_a_count_unless_verbose(netpair: NetPair, policy_dir: Path) -> None:
+    ns = netpair.server
+    backend_in(ns, "nftables")
+    path = write_policy(policy_dir, netpair.server_v4)
+    hosts = ", ".join(f"10.77.{i}.1" for i in range(80))  # 80 separate intervals
+    text = Path(path).read_text()
+    Path(path).write_text(text.replace("BLACKLIST: [", f"BLACKLIST: [{hosts}, ", 1))
+    common = ("-p", path, "--backend", "nftables")
+
+    code, out, _ = netpolicy(ns, "apply", *common)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 50 + 2 and lines[-1].startswith("applied: generation"), out
+    assert lines[-2].startswith("... ") and "element changes in all" in lines[-2] and lines[-3].startswith("+ "), out
+    netpolicy(ns, "flush")
+    code, out, _ = netpolicy(ns, "apply", "--verbose", *common)
+    assert code == 0 and sum(line.startswith("+ ") for line in out.splitlines()) > 80, out
+    code, out, _ = netpolicy(ns, "diff", *common)
+    assert code == 0 and out.startswith("in sync"), out
