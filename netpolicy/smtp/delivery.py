@@ -322,6 +322,11 @@ class _MaildirTransaction:
 
 _LINK_ERRORS = (OSError, asyncio.TimeoutError, aiosmtplib.SMTPException)
 _COMMAND_LINE = 510  # RFC 5321 4.5.3.1.4: 512 octets with CRLF
+# What Postfix 3.7 takes as XCLIENT's NAME (anything else is 501 to XCLIENT, which would defer
+# every message from that client): labels of up to 63 letters, digits, "-" and "_", not
+# starting or ending with "-", and not an address ("192.0.2.7" is refused, "host.123" taken).
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,255}}\Z)(?!\d+(?:\.\d+){{3}}\Z)(?:{_LABEL}\.)*{_LABEL}\Z")
 _XTEXT_PLAIN = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("=")}
 
 
@@ -456,7 +461,7 @@ def client_attributes(client: ClientFacts, offered: str, xforward: bool) -> list
     values = {
         "ADDR": f"IPV6:{client.address}" if ":" in client.address else client.address,
         "PORT": "[UNAVAILABLE]" if client.port is None else str(client.port),
-        "NAME": client.name or "[UNAVAILABLE]",
+        "NAME": client.name if client.name and _HOSTNAME.match(client.name) else "[UNAVAILABLE]",
         "HELO": client.helo if 0 < len(client.helo) <= 255 else "[UNAVAILABLE]",
         "PROTO": "ESMTP" if client.esmtp else "SMTP",
     }

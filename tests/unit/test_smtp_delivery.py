@@ -208,3 +208,14 @@ async def test_utf8_towards_a_hop_without_smtputf8_is_553_5_6_7() -> None:
     with pytest.raises(HandOffError) as sender_refused:
         await relay(hop, options, sender="发件人@sender.test")
     assert sender_refused.value.reply.code == 553
+
+
+@pytest.mark.parametrize(("name", "sent"), [
+    ("mx1.sender.test", "NAME=mx1.sender.test"),
+    ("192.0.2.7", "NAME=[UNAVAILABLE]"),  # Postfix: 501 5.5.4 Bad NAME syntax, for every message
+    ("mx-.sender.test", "NAME=[UNAVAILABLE]"),  # likewise
+    ("host.123", "NAME=host.123"),  # as Postfix 3.7 takes it
+])
+def test_a_name_postfix_would_refuse_is_unavailable(name: str, sent: str) -> None:
+    facts = ClientFacts("192.0.2.7", 1, name, "h.test", esmtp=True, ident="1")
+    assert client_attributes(facts, "NAME", xforward=False) == [sent]
