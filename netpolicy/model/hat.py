@@ -111,14 +111,18 @@ class GroupIndex:
         self.scores: list[ScoreEntry] = []
         intervals: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
         texts: dict[int, list[str]] = {4: [], 6: []}  # entry text of each interval
+        sources: dict[int, list[Entry]] = {4: [], 6: []}  # the entries that gave each family intervals
         for entry in entries:
             if isinstance(entry, AddressEntry):
                 intervals[entry.family].append((entry.start, entry.end))
                 texts[entry.family].append(entry.text)
+                sources[entry.family].append(entry)
             elif isinstance(entry, AddressSetEntry):
                 for fam, ivs in ((4, entry.v4), (6, entry.v6)):
-                    intervals[fam] += ivs
-                    texts[fam] += [entry.text] * len(ivs)
+                    if ivs:
+                        intervals[fam] += ivs
+                        texts[fam] += [entry.text] * len(ivs)
+                        sources[fam].append(entry)
             elif isinstance(entry, HostnameEntry):
                 self.hostnames.append(entry)
             elif isinstance(entry, DnsListEntry):
@@ -126,7 +130,13 @@ class GroupIndex:
             elif isinstance(entry, ScoreEntry):
                 self.scores.append(entry)
         self._texts = texts
-        self._index = {fam: LabelledIndex.build(ivs) for fam, ivs in intervals.items()}
+        self._index: dict[int, LabelledIndex] = {}
+        for fam, found in intervals.items():
+            only = sources[fam][0] if len(sources[fam]) == 1 else None
+            if isinstance(only, AddressSetEntry):  # a group that is one list: merged by the loader
+                self._index[fam], self._texts[fam] = LabelledIndex.of_disjoint(found), [only.text]
+            else:
+                self._index[fam] = LabelledIndex.build(found)
 
     def address_match(self, family: int, value: int) -> str | None:
         label = self._index[family].find(value)

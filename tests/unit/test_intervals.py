@@ -104,3 +104,13 @@ def test_lopsided_union_and_subtract_match_brute_force() -> None:
         assert addresses(subtract(big, small)) == addresses(big) - addresses(small)
         checked += 1
     assert checked > 300
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 2**20)), max_size=40), st.booleans())
+def test_an_index_of_disjoint_intervals_answers_as_one_built_by_sweeping(pairs: list[tuple[int, int]], v4: bool) -> None:
+    top = 2**32 - 1 if v4 else 2**128 - 1
+    intervals = merge([(min(a, top), min(a + n, top)) for a, n in pairs])
+    direct, built = LabelledIndex.of_disjoint(intervals), LabelledIndex.build(intervals)
+    probes = {v for a, b in intervals for v in (a - 1, a, b, b + 1) if 0 <= v <= top} | {0, top}
+    for value in probes:
+        assert (direct.find(value) is None) == (built.find(value) is None), value
