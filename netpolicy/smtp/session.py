@@ -753,19 +753,33 @@ def parameters(text: str) -> Parameters | None:
     return params
 
 
+_SIZE_ERROR = "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n]"
+_BODY_ERROR = "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+_RET_ERROR = "501 5.5.4 Bad RET parameter syntax"
+_ENVID_ERROR = "501 5.5.4 Bad ENVID parameter syntax"
+_NOTIFY_ERROR = "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+_ORCPT_ERROR = "501 5.5.4 Error: Bad ORCPT parameter syntax"
+
+
 def mail_options(params: Parameters, dsn: bool) -> MailOptions | str:
     """MAIL's parameters (SIZE, BODY, SMTPUTF8, and RET and ENVID when DSN is offered) or the
     error reply, as Postfix words them."""
     params = dict(params)
+    errors = {"SIZE": _SIZE_ERROR, "BODY": _BODY_ERROR, **({"RET": _RET_ERROR, "ENVID": _ENVID_ERROR} if dsn else {})}
+    for keyword, error in errors.items():
+        if keyword in params and params[keyword] is None:  # a keyword these need a value for
+            return error
     size: int | None = None
-    if "SIZE" in params:
-        value = params.pop("SIZE")
-        if value is None or not value.isdigit() or not value.isascii():
-            return "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n]"
+    value = params.pop("SIZE", None)
+    if value is not None:
+        if not value.isdigit() or not value.isascii():
+            return _SIZE_ERROR
         size = int(value)
     body = params.pop("BODY", None)
-    if "BODY" in params or (body is not None and body.upper() not in ("7BIT", "8BITMIME")):
-        return "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+    if body is not None:
+        body = body.upper()
+        if body not in ("7BIT", "8BITMIME"):
+            return _BODY_ERROR
     smtputf8 = "SMTPUTF8" in params
     if smtputf8 and params.pop("SMTPUTF8") is not None:
         return "501 5.5.4 Bad SMTPUTF8 parameter syntax"
@@ -775,13 +789,13 @@ def mail_options(params: Parameters, dsn: bool) -> MailOptions | str:
         if ret is not None:
             ret = ret.upper()
             if ret not in ("FULL", "HDRS"):
-                return "501 5.5.4 Bad RET parameter syntax"
+                return _RET_ERROR
         envid = params.pop("ENVID", None)
         if envid is not None and (len(envid) > 100 or not _XTEXT.match(envid)):
-            return "501 5.5.4 Bad ENVID parameter syntax"
+            return _ENVID_ERROR
     if params:
         return "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
-    return MailOptions(size, body.upper() if body is not None else None, smtputf8, ret, envid)
+    return MailOptions(size, body, smtputf8, ret, envid)
 
 
 def rcpt_options(params: Parameters, dsn: bool, utf8: bool) -> RcptOptions | str:
@@ -790,18 +804,21 @@ def rcpt_options(params: Parameters, dsn: bool, utf8: bool) -> RcptOptions | str
     params = dict(params)
     notify = orcpt = None
     if dsn:
+        for keyword, error in (("NOTIFY", _NOTIFY_ERROR), ("ORCPT", _ORCPT_ERROR)):
+            if keyword in params and params[keyword] is None:
+                return error
         notify = params.pop("NOTIFY", None)
         if notify is not None:
             notify = notify.upper()
             values = notify.split(",")
             if not (values == ["NEVER"] or (set(values) <= _NOTIFY and len(set(values)) == len(values))):
-                return "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+                return _NOTIFY_ERROR
         orcpt = params.pop("ORCPT", None)
         if orcpt is not None:
             addr_type, _, address = orcpt.partition(";")
             text = _UNITEXT if utf8 and addr_type.lower() == "utf-8" else _XTEXT
             if len(orcpt) > 500 or not _ADDR_TYPE.match(addr_type) or not text.match(address):
-                return "501 5.5.4 Error: Bad ORCPT parameter syntax"
+                return _ORCPT_ERROR
     if params:
         return "555 5.5.4 RCPT TO parameters not recognized or not implemented"
     return RcptOptions(notify, orcpt)

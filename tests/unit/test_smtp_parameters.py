@@ -27,6 +27,9 @@ def test_mail_options() -> None:
     ({"SIZE": "x"}, True, "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n]"),
     ({"SIZE": None}, True, "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n]"),
     ({"BODY": "BINARYMIME"}, True, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"),
+    ({"BODY": None}, True, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"),
+    ({"RET": None}, True, "501 5.5.4 Bad RET parameter syntax"),
+    ({"ENVID": None}, True, "501 5.5.4 Bad ENVID parameter syntax"),
     ({"SMTPUTF8": "yes"}, True, "501 5.5.4 Bad SMTPUTF8 parameter syntax"),
     ({"RET": "ALL"}, True, "501 5.5.4 Bad RET parameter syntax"),
     ({"ENVID": "a=b"}, True, "501 5.5.4 Bad ENVID parameter syntax"),
@@ -50,6 +53,8 @@ def test_rcpt_options() -> None:
     ({"NOTIFY": "NEVER,SUCCESS"}, True, False, "501 5.5.4 Error: Bad NOTIFY parameter syntax"),
     ({"NOTIFY": "DELAY,DELAY"}, True, False, "501 5.5.4 Error: Bad NOTIFY parameter syntax"),
     ({"NOTIFY": "SOMETIMES"}, True, False, "501 5.5.4 Error: Bad NOTIFY parameter syntax"),
+    ({"NOTIFY": None}, True, False, "501 5.5.4 Error: Bad NOTIFY parameter syntax"),
+    ({"ORCPT": None}, True, False, "501 5.5.4 Error: Bad ORCPT parameter syntax"),
     ({"ORCPT": "b@example.test"}, True, False, "501 5.5.4 Error: Bad ORCPT parameter syntax"),  # no addr-type
     ({"ORCPT": "utf-8;\u7528@example.test"}, True, False, "501 5.5.4 Error: Bad ORCPT parameter syntax"),  # not declared
     ({"ORCPT": "rfc822;" + "b" * 500}, True, False, "501 5.5.4 Error: Bad ORCPT parameter syntax"),
