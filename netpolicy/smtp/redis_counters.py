@@ -30,7 +30,9 @@ process until it returns`` is logged once per outage, ``up`` turns false (the
 from an ``InMemoryCounters`` that also records every event the store accepted (so an outage does
 not restart the hour from zero), connection counts from the connections this process has open.
 A background task tries a new connection with backoff (``retry`` seconds, doubling up to
-``retry_max``); when the store answers, it loads the scripts again (a restarted store has none)
+``retry_max``); a store that fails again within ``retry_max`` of answering (one that answers a
+ping but refuses the work, out of memory say) is the same outage: no second warning, and the
+backoff goes on from where it was. When the store answers, it loads the scripts again (a restarted store has none)
 and re-adds the lease of every connection this process has open before the store counts again:
 those opened during the outage, and all of them after a restart that emptied it. The close of
 such a connection removes its lease like any other; a close while the store is down is left to
@@ -43,7 +45,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -170,6 +174,9 @@ class RedisStore:
         self._views: weakref.WeakSet[RedisCounters] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
+        self._delay = retry  # the next wait before trying the store again
+        self._back_at = -math.inf  # when a reconnection last succeeded (monotonic)
+        self._quiet = False  # failing again moments after coming back: not logged again
         self._ids = 0
         self._token = os.urandom(6).hex()
 
@@ -189,7 +196,7 @@ class RedisStore:
         if state == self.state:
             return
         await self.close()
-        self.state = state
+        self.state, self._delay, self._back_at, self._quiet = state, self.retry, -math.inf, False
         if state is None:
             return
         self.prefix = state.prefix
@@ -239,13 +246,19 @@ class RedisStore:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()  # its on_lost finds it no longer in use
-        log.warning("%s (%s: %s)", UNREACHABLE, type(exc).__name__, exc)
+        self._quiet = time.monotonic() - self._back_at < self.retry_max
+        if self._quiet:  # a store that answers a ping but fails the work (out of memory, say)
+            log.debug("%s again (%s: %s)", UNREACHABLE, type(exc).__name__, exc)
+        else:
+            log.warning("%s (%s: %s)", UNREACHABLE, type(exc).__name__, exc)
+            self._delay = self.retry
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = self._start(self._reconnect())
 
     def _shared(self, connection: RespConnection, how: str) -> None:
         self._connection = connection
-        log.info("state store %s: limits are shared", how)
+        if not self._quiet:
+            log.info("state store %s: limits are shared", how)
 
     def _start(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -274,13 +287,13 @@ class RedisStore:
     async def _reconnect(self) -> None:
         """Try a new connection with backoff until the store answers, then share again."""
         assert self.state is not None
-        delay = self.retry
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, self.retry_max)
             found = await self._connect(self.state.redis)
             if isinstance(found, RespConnection):
                 break
-            delay = min(delay * 2, self.retry_max)
+        self._back_at = time.monotonic()
         self._shared(found, "reachable again")
 
     async def _renewing(self) -> None:

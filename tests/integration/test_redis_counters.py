@@ -166,6 +166,25 @@ async def test_store_killed_mid_run_and_restarted_empty(redis_server: RedisServe
     assert _unreachable(caplog) == 2
 
 
+async def test_a_store_that_answers_but_refuses_the_work_is_one_outage(gateways: Gateways,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Out of memory: PING and SCRIPT LOAD succeed, every write fails. Mail flows per process,
+    the store is tried again with growing waits, and the outage is logged once."""
+    caplog.set_level(logging.INFO, LOG)
+    with running_redis(options=("--maxmemory", "1", "--maxmemory-policy", "noeviction")) as server:
+        (a,) = await gateways(server.url, 1, retry=0.02, retry_max=0.5)
+        started = time.monotonic()
+        taken = 0
+        while time.monotonic() - started < 1.5:
+            taken += await a.take("rcpts", ADDRESS, 1000)
+            await asyncio.sleep(0.01)
+        assert taken > 50  # every one answered, per process
+        assert _unreachable(caplog) == 1
+        assert "OOM" in caplog.text
+        reachable = [r.getMessage() for r in caplog.records if "limits are shared" in r.getMessage()]
+        assert reachable[1:] == ["state store reachable again: limits are shared"], reachable  # not one per retry
+
+
 async def test_a_frozen_store_costs_one_timeout(redis_server: RedisServer, gateways: Gateways) -> None:
     (a,) = await gateways(redis_server.url, 1, retry=0.05, retry_max=0.2)
     redis_server.freeze()
