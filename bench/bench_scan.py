@@ -1,6 +1,6 @@
 """Scanned SMTP throughput: netpolicy asking rspamd, against Postfix with rspamd as its milter.
 
-    sudo .venv/bin/python bench/bench_scan.py [-m 2000] [-s 20] [--rounds 1]
+    sudo .venv/bin/python bench/bench_scan.py [-m 1000] [-s 20] [--rounds 3]
 
 The peer a mail administrator would otherwise run is Postfix with rspamd's proxy worker in
 milter mode (scanning itself) as ``smtpd_milters``; netpolicy asks rspamd's normal worker with
@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.bench_smtp import tree_cpu  # noqa: E402
 from tests.support.clamd import Clamd, free_port  # noqa: E402
 from tests.support.dns_server import DnsServer  # noqa: E402
 from tests.support.postfix import postfix_instance  # noqa: E402
@@ -106,14 +108,15 @@ def serve(path: str) -> None:
 
 
 @contextlib.contextmanager
-def netpolicy(port: int, workdir: Path, scanner: str | None) -> Iterator[Path]:
+def netpolicy(port: int, workdir: Path, scanner: str | None) -> Iterator[tuple[int, Path]]:
+    """netpolicy's listener in a child process: its pid and its Maildir's new/."""
     maildir = workdir / "maildir"
     path = workdir / "policy.yml"
     path.write_text(policy_text(port, str(maildir), scanner))
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(path)], start_new_session=True)
     try:
         wait_until(lambda: proc.poll() is not None or _greets(port), f"netpolicy on port {port}", timeout=30)
-        yield maildir / "new"
+        yield proc.pid, maildir / "new"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -143,9 +146,9 @@ def smtp_source(port: int, message: Path, messages: int, sessions: int) -> float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-m", "--messages", type=int, default=2000)
+    parser.add_argument("-m", "--messages", type=int, default=1000)
     parser.add_argument("-s", "--sessions", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -158,7 +161,9 @@ def main() -> int:
     message = work / "ham.eml"
     message.write_text(ham())
     warm = min(200, args.messages)
-    rates: dict[str, list[float]] = {"netpolicy + rspamd": [], "postfix + rspamd milter": [], "netpolicy, no checks": []}
+    names = ("netpolicy + rspamd", "postfix + rspamd milter", "netpolicy, no checks")
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}  # (server, rspamd) s/msg
     try:
         with contextlib.ExitStack() as stack:
             dns = DnsServer(loopback(0))
@@ -172,23 +177,30 @@ def main() -> int:
             stack.callback(rspamd.stop)
             started = time.monotonic()
             rspamd.start()
+            assert rspamd.proc is not None
             print(f"rspamd up in {time.monotonic() - started:.1f} s", flush=True)
-            ports = {name: free_port("127.0.0.1") for name in rates}
+            ports = {name: free_port("127.0.0.1") for name in names}
             (work / "np").mkdir()
             (work / "plain").mkdir()
-            scanned_dir = stack.enter_context(netpolicy(ports["netpolicy + rspamd"], work / "np", rspamd.url))
-            plain_dir = stack.enter_context(netpolicy(ports["netpolicy, no checks"], work / "plain", None))
+            scanned_pid, scanned_dir = stack.enter_context(netpolicy(ports[names[0]], work / "np", rspamd.url))
+            plain_pid, plain_dir = stack.enter_context(netpolicy(ports[names[2]], work / "plain", None))
             milter = {"smtpd_milters": rspamd.milter_address, "milter_default_action": "tempfail", "milter_protocol": "6"}
-            stack.enter_context(postfix_instance(ports["postfix + rspamd milter"], settings=milter))
-            for name, port in ports.items():  # warm-up: pools, rspamd's caches, Postfix's processes
+            postfix = stack.enter_context(postfix_instance(ports[names[1]], settings=milter))
+            pids = {names[0]: scanned_pid, names[1]: postfix.master, names[2]: plain_pid}
+            for port in ports.values():  # warm-up: pools, rspamd's caches, Postfix's processes
                 smtp_source(port, message, warm, args.sessions)
             before = rspamd.scanned()
             for n in range(args.rounds):
                 print(f"round {n + 1}/{args.rounds}: smtp-source -s {args.sessions} -m {args.messages} -F ham.eml (2 KB)", flush=True)
                 for name, port in ports.items():
+                    pid = pids[name]
+                    assert pid is not None
+                    cpu_before = (tree_cpu(pid), tree_cpu(rspamd.proc.pid))
                     rate = args.messages / smtp_source(port, message, args.messages, args.sessions)
+                    used = ((tree_cpu(pid) - cpu_before[0]) / args.messages, (tree_cpu(rspamd.proc.pid) - cpu_before[1]) / args.messages)
                     rates[name].append(rate)
-                    print(f"  {name:26s} {rate:7.0f} msg/s", flush=True)
+                    cpu[name].append(used)
+                    print(f"  {name:26s} {rate:7.0f} msg/s  CPU/msg: server {used[0] * 1e6:6.0f} us, rspamd {used[1] * 1e6:6.0f} us", flush=True)
             scanned = rspamd.scanned() - before
             expected = {scanned_dir: args.rounds * args.messages + warm, plain_dir: args.rounds * args.messages + warm}
             for directory, count in expected.items():
@@ -201,12 +213,13 @@ def main() -> int:
                 return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    best = {name: max(values) for name, values in rates.items()}
-    print(f"\nbest of {args.rounds} round(s); every netpolicy message in its Maildir, every scan counted by rspamd")
-    scanned_ratio = best["netpolicy + rspamd"] / best["postfix + rspamd milter"]
-    print(f"netpolicy + rspamd / postfix + rspamd milter: {scanned_ratio:.2f}x msg/s (goal >= 1.0)")
+    print(f"\nmedian of {args.rounds} round(s); every netpolicy message in its Maildir, every scan counted by rspamd")
+    for name in names:
+        server, scanner = (statistics.median(c[i] for c in cpu[name]) * 1e6 for i in (0, 1))
+        print(f"{name:26s} {statistics.median(rates[name]):7.0f} msg/s  CPU/msg: server {server:6.0f} us, rspamd {scanner:6.0f} us")
+    ratio = statistics.median(rates[names[0]]) / statistics.median(rates[names[1]])
+    print(f"netpolicy + rspamd / postfix + rspamd milter: {ratio:.2f}x msg/s (goal >= 1.0)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

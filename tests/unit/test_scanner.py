@@ -287,3 +287,19 @@ async def test_the_request_carries_the_envelope_and_the_held_message() -> None:
                   ("Settings", '{"groups_disabled": ["antivirus", "dkim", "dmarc", "spf"]}'), ("Content-Length", str(len(text)))]:
         assert field in fields
     assert body == text
+
+
+def test_serve_metrics_export_scans_by_verdict_and_the_latency_histogram() -> None:
+    from prometheus_client import generate_latest
+
+    from netpolicy.daemon.metrics import DaemonView, Metrics
+
+    view = DaemonView()
+    view.scans.observe("clean", 0.02)
+    view.scans.observe("virus", 0.3)
+    text = generate_latest(Metrics(view).registry).decode()
+    assert 'netpolicy_scans_total{verdict="clean"} 1.0' in text
+    assert 'netpolicy_scans_total{verdict="virus"} 1.0' in text
+    assert 'netpolicy_scan_seconds_bucket{le="0.025"} 1.0' in text
+    assert 'netpolicy_scan_seconds_bucket{le="+Inf"} 2.0' in text
+    assert "netpolicy_scan_seconds_count 2.0" in text
