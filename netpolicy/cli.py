@@ -101,6 +101,7 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
     from netpolicy.model.compiler import compile_listener
     from netpolicy.model.entries import EntryError, address_to_int
     from netpolicy.model.hat import HatIndex, build_groups
+    from netpolicy.model.references import MESSAGE_CHECKS
 
     policy = load_or_exit(policy_path)
     try:
@@ -134,6 +135,8 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
         result["score"] = decision.score
     if policy.geoip is not None:
         result["country"] = decision.country
+    if decision.behavior in ("accept", "relay"):  # the message checks its messages get (SPEC.md section 8)
+        result["checks"] = [name for name in MESSAGE_CHECKS if getattr(decision.policy, name)]
     if as_json:
         print_json(result)
         return
@@ -142,8 +145,9 @@ def trace(policy_path: str, address: str, hostname: str | None, listener_name: s
 
     console = Console()
     table = Table(show_header=False, box=None)
-    for key, value_text in result.items():
-        table.add_row(key.replace("_", " "), "none" if value_text is None else str(value_text))
+    for key, shown_value in result.items():
+        shown = (", ".join(shown_value) or None) if isinstance(shown_value, list) else shown_value
+        table.add_row(key.replace("_", " "), "none" if shown is None else str(shown))
     console.print(table)
 
 

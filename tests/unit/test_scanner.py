@@ -303,3 +303,20 @@ def test_serve_metrics_export_scans_by_verdict_and_the_latency_histogram() -> No
     assert 'netpolicy_scan_seconds_bucket{le="0.025"} 1.0' in text
     assert 'netpolicy_scan_seconds_bucket{le="+Inf"} 2.0' in text
     assert "netpolicy_scan_seconds_count 2.0" in text
+
+
+@pytest.mark.parametrize(("address", "checks"), [
+    ("198.51.100.7", ["spam_check", "virus_check", "spf", "dkim", "dmarc"]),  # ALL -> ACCEPTED: the defaults
+    ("127.0.0.10", ["virus_check", "spf", "dkim", "dmarc"]),  # WHITELIST -> TRUSTED
+    ("127.0.0.20", ["virus_check"]),  # RELAYLIST -> RELAYED
+    ("192.0.2.1", None),  # BLACKLIST -> tcprefuse: no message ever reaches DATA
+])
+def test_trace_shows_which_checks_a_policy_runs(address: str, checks: list[str] | None) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "examples" / "scanner.yml"
+    proc = subprocess.run([sys.executable, "-m", "netpolicy", "trace", "-p", str(example), address, "--json"],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout).get("checks") == checks
