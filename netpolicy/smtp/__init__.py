@@ -8,9 +8,12 @@ Built on aiosmtpd 1.4.6 (pinned: ``session.PolicySMTP`` replaces its connect pat
 - ``paths``: MAIL/RCPT paths read by RFC 5321's grammar.
 - ``rat``: the Recipient Access Table.
 - ``counters``: per-client-address state across connections (``Counters``, in-memory impl).
+- ``redis_counters`` and ``resp``: the same counters in the policy's shared state store (Redis),
+  over a lean pipelined RESP2 client, falling back to the in-memory ones while it is away.
 - ``lines`` and ``spool``: strict CRLF reading (smuggling defence), a message held once.
 - ``delivery``: lossless hand-off to a Maildir or a next hop (250 only once the mail is safe).
-- ``resolver``: forward-confirmed reverse DNS and DNS lists.
+- ``resolver``: forward-confirmed reverse DNS, DNS lists and the reputation score.
+- ``scanner``: message checks (spam, viruses, SPF/DKIM/DMARC) asked of rspamd at the end of DATA.
 - ``maillog``: the mail log in the appliance's format.
 - ``fds``: descriptor headroom (new sessions get 421 before the process runs out).
 
