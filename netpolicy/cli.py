@@ -272,8 +272,15 @@ def apply_cmd(policy_path: str, backend_name: str, check: bool, verbose: bool) -
 @policy_option
 @backend_option
 @click.option("--json", "as_json", is_flag=True, help="Status as one JSON object.")
-def status_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
+@click.option("--fleet", is_flag=True,
+              help="Instead: the gateways sharing the policy's state store (listeners, generation, last seen). Exit 2 when "
+                   "one runs another generation than this host's policy file or than the majority, 1 when the store "
+                   "cannot be read.")
+def status_cmd(policy_path: str, backend_name: str, as_json: bool, fleet: bool) -> None:
     """Backend, policy generation, set sizes and refusal counters per listener."""
+    if fleet:
+        fleet_status(policy_path, as_json)
+        return
     from netpolicy.kernel import select_backend
     from netpolicy.model.compiler import compile_policy
 
@@ -293,6 +300,41 @@ def status_cmd(policy_path: str, backend_name: str, as_json: bool) -> None:
         for kind, hosts in (("promoted", promoted), ("learned", learned)):
             for held in hosts:
                 click.echo(f"{kind}: {held.address} on {held.listener} ({held.expires_in:.0f} s left)")
+
+
+def fleet_status(policy_path: str, as_json: bool) -> None:
+    """``status --fleet``: read every gateway's announcement (netpolicy.daemon.fleet)."""
+    import asyncio
+    import time
+
+    from netpolicy.daemon.fleet import flags, majority, read_fleet
+    from netpolicy.model.compiler import compile_policy
+    from netpolicy.smtp.resp import StoreError
+
+    policy = load_or_exit(policy_path)
+    if policy.state is None:
+        click.echo(f"{policy_path}: no state block, so no fleet to show", err=True)
+        sys.exit(1)
+    local = compile_policy(policy).generation
+    try:
+        gateways = asyncio.run(read_fleet(policy.state))
+    except (OSError, StoreError) as exc:
+        click.echo(f"state store {policy.state.redis}: {exc}", err=True)
+        sys.exit(1)
+    flagged = flags(gateways, local)
+    now = time.time()
+    if as_json:
+        print_json({"policy_generation": local, "majority_generation": majority(gateways), "gateways": [
+            {"host": g.host, "pid": g.pid, "listeners": g.listeners, "generation": g.generation, "started": g.started,
+             "last_seen": g.last_seen, "disagrees": flagged.get(g.name)} for g in gateways]})
+    else:
+        click.echo(f"{len(gateways)} gateways; this host's policy file is at generation {local}")
+        for g in gateways:
+            click.echo(f"{g.name}: generation {g.generation}, last seen {max(0.0, now - g.last_seen):.0f} s ago, "
+                       f"up {max(0.0, now - g.started):.0f} s; listeners: {', '.join(g.listeners) or 'none'}")
+            if g.name in flagged:
+                click.echo(f"  DISAGREES: {flagged[g.name]}")
+    sys.exit(EXIT_DRIFT if flagged else 0)
 
 
 @cli.command(name="flush")

@@ -44,6 +44,8 @@ class DaemonView:
     learned: Mapping[str, int] = field(default_factory=dict)  # listener -> refusals learned into the kernel
     learned_held: Callable[[], Mapping[str, int]] = dict  # listener -> learned refusals held now
     learn_skipped: Mapping[str, int] = field(default_factory=dict)  # listener -> not learned: cap reached
+    shared_published: Mapping[str, int] = field(default_factory=dict)  # kind -> refusals published to the fleet
+    shared_applied: Mapping[str, int] = field(default_factory=dict)  # kind -> refusals of other gateways applied
 
 
 class DaemonCollector(Collector):
@@ -115,6 +117,16 @@ class DaemonCollector(Collector):
         yield scans
         yield HistogramMetricFamily("netpolicy_scan_seconds", "Time to scan one message (sending it included)",
                                     buckets=v.scans.cumulative(), sum_value=v.scans.latency_sum)
+        published = CounterMetricFamily("netpolicy_shared_refusals_published",
+                                        "Promotions and learned refusals published to the other gateways", labels=["kind"])
+        for kind, n in sorted(v.shared_published.items()):
+            published.add_metric([kind], n)
+        yield published
+        applied = CounterMetricFamily("netpolicy_shared_refusals_applied",
+                                      "Promotions and learned refusals of other gateways put into this kernel", labels=["kind"])
+        for kind, n in sorted(v.shared_applied.items()):
+            applied.add_metric([kind], n)
+        yield applied
         store_up = v.state_store_up()
         if store_up is not None:
             yield GaugeMetricFamily("netpolicy_state_store_up", "1 while limits are shared through the state store, 0 while per process",

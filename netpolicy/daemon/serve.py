@@ -26,6 +26,10 @@ listeners refuse TCPREFUSE hosts themselves (handshake, then RST).
 
 A TCPREFUSE the listeners decide on DNS answers is learned into the kernel for the answers' TTL
 (netpolicy.kernel.learning); a reload that changes the policy forgets what was learned.
+
+With a state store, promotions and learned refusals are shared with the other gateways
+(netpolicy.daemon.shared_refusals) and serve announces itself to the fleet view
+(netpolicy.daemon.fleet).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -41,8 +46,10 @@ from typing import Any
 
 import uvloop
 
+from netpolicy.daemon.fleet import HEARTBEAT, Gateway, announce, withdraw
 from netpolicy.daemon.metrics import DaemonView, Metrics
 from netpolicy.daemon.sdnotify import notify
+from netpolicy.daemon.shared_refusals import SharedRefusals
 from netpolicy.kernel import select_backend
 from netpolicy.kernel.base import Backend, has_net_admin
 from netpolicy.kernel.layout import listener_id
@@ -129,6 +136,9 @@ class Daemon:
         self.view.scans = self.scanner.stats
         self.state = RedisStore()  # the policy's state block: limits shared with other processes and gateways
         self.view.state_store_up = lambda: self.state.up
+        self.started = time.time()
+        self.shared = SharedRefusals(self.state, f"{socket.gethostname()}:{os.getpid()}:{self.started}")
+        self.view.shared_published, self.view.shared_applied = self.shared.published, self.shared.applied
         self.metrics = Metrics(self.view)
         self.listeners: dict[str, SmtpListener] = {}
         self.policy: Policy | None = None
@@ -173,7 +183,8 @@ class Daemon:
                 reconciler = self.reconciler
                 loops.append(self._supervise("reconciler", lambda: reconciler.run(self.options.reconcile_interval)))
                 loops.append(self._supervise("kernel counters", self._read_kernel_counters))
-                loops.append(self._supervise("learned refusals", lambda: self.learner.run(reconciler)))
+                loops.append(self._supervise("learned refusals", lambda: self.learner.run(self.shared.sink(reconciler))))
+            loops.append(self._supervise("fleet heartbeat", self._heartbeat))
             if self.options.verbose_connections and self.backend is not None:
                 loops.append(self._supervise("NFLOG reader", self._read_nflog))
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -189,6 +200,8 @@ class Daemon:
             for sig in (signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            await self.shared.close()
+            await withdraw(self.state, socket.gethostname(), os.getpid())
             await self.state.close()
             await self.scanner.close()
             for task in loops:
@@ -268,6 +281,7 @@ class Daemon:
         policy, plan, hats = prepared.policy, prepared.plan, prepared.hats
         wanted = {lst.name: lst for lst in policy.listeners}
         await self.state.configure(policy.state)
+        await self.shared.configure(policy.state, self.reconciler)
         self.scanner.settings = policy.scanner  # sessions read it at each message's end of DATA
         for name, smtp in list(self.listeners.items()):
             new = wanted.get(name)
@@ -292,6 +306,7 @@ class Daemon:
             self.learner.forget()  # the kernel apply has emptied the learned sets
         self.policy, self.hats = policy, hats
         self.view.generation = plan.generation
+        self._spawn(self._announce())  # the fleet sees the new generation now, not at the next heartbeat
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -349,6 +364,22 @@ class Daemon:
 
     # -- kernel loops ---------------------------------------------------------------------------
 
+    async def _heartbeat(self) -> None:
+        """Announce this gateway to the fleet (netpolicy.daemon.fleet) and publish what the
+        state store could not take while it was away."""
+        while True:
+            await self._announce()
+            await self.shared.flush()
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _announce(self) -> None:
+        policy = self.policy
+        if policy is None:
+            return
+        await announce(self.state, Gateway(socket.gethostname(), os.getpid(),
+                                           [f"{lst.name} {_host_port(lst.address, lst.port)}" for lst in policy.listeners],
+                                           self.view.generation, self.started, time.time()))
+
     async def _read_kernel_counters(self) -> None:
         """Kernel refusal counters per listener for the metrics (the reconciler's own loop,
         ``Reconciler.run``, keeps the kernel in step)."""
@@ -405,6 +436,7 @@ class Daemon:
             self.view.promotions[promotion.listener] = self.view.promotions.get(promotion.listener, 0) + 1
             log.info("promoted %s on %s into the kernel for %d s after %d offences (last: %s)",
                      promotion.address, promotion.listener, promotion.seconds, promotion.offences, kind)
+            await self.shared.publish("promoted", promotion.listener, promotion.address, promotion.seconds, self.view.generation)
 
         self._spawn(promote())
 
@@ -420,6 +452,10 @@ class Daemon:
         seconds = learn_seconds(decision, hat.listener, policy.learn_refusals)
         if seconds is not None:
             self.learner.offer(decision, seconds, self.view.generation)
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def serve(options: ServeOptions) -> int:

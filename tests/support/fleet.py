@@ -5,17 +5,28 @@ from there (from ``.1`` or any further address given to the bridge) and the stat
 listens there. Gateway ``i`` is a namespace of its own with ``10.<n>.0.<i + 2>``, joined to the
 bridge by a veth link, so each gateway's serve owns its own kernel ruleset. ``gateway(i)``
 presents one as a ``NetPair`` (server: the gateway, client: the network), the shape ``Served``
-runs in.
+runs in; ``serve_gateway`` starts serve in one (another can start later, as a gateway joining).
+
+``syn_probe`` asks whether a gateway's kernel refuses a source at SYN without the gateway's
+serve ever seeing a connection: a raw SYN, answered by RST (refused) or SYN-ACK (which the
+probing side's own kernel resets, having no socket for it). A full connect would reach serve
+and, for a host it rejects, count as one more offence.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.support.netns import Netns, NetPair, run
+from tests.support.serve import Served
 from tests.support.wait import wait_until
 
 BRIDGE = "npbr0"
@@ -81,3 +92,55 @@ def _reaches(made: Fleet, i: int) -> bool:
     except ConnectionRefusedError:
         pass
     return True
+
+
+def serve_gateway(made: Fleet, i: int, work: Path, policy: str) -> Served:
+    """serve on gateway ``i`` under ``policy`` (its files in ``work/gw<i>``), READY when returned."""
+    served = Served(made.gateway(i), work / f"gw{i}")
+    served.tmp.mkdir(exist_ok=True)
+    served.write_policy(text=policy)
+    served.start()
+    return served
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def syn_probe(ns: Netns, source: str, address: str, port: int, timeout: float = 0.5) -> str:
+    """One raw SYN from ``source`` (an address of ``ns``) to ``address:port``: "refused" (RST),
+    "open" (SYN-ACK) or "silent"."""
+
+    def probe() -> str:
+        sport = random.randint(20000, 60000)
+        seq = random.getrandbits(32)
+        header = struct.pack("!HHIIBBHHH", sport, port, seq, 0, 5 << 4, 0x02, 65535, 0, 0)
+        pseudo = socket.inet_aton(source) + socket.inet_aton(address) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
+        header = header[:16] + struct.pack("!H", _checksum(pseudo + header)) + header[18:]
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as sock:
+            sock.bind((source, 0))
+            sock.sendto(header, (address, 0))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    packet = sock.recv(128)
+                except TimeoutError:
+                    break
+                ihl = (packet[0] & 0x0F) * 4
+                src = socket.inet_ntoa(packet[12:16])
+                sp, dp, _, ack, _, flags = struct.unpack("!HHIIBB", packet[ihl:ihl + 14])
+                if src != address or sp != port or dp != sport or ack != (seq + 1) & 0xFFFFFFFF:
+                    continue
+                if flags & 0x04:
+                    return "refused"
+                if flags & 0x12 == 0x12:
+                    return "open"
+        return "silent"
+
+    return ns.call(probe)
