@@ -6,7 +6,7 @@ VENV    := .venv
 POLICY  ?= examples/policy.yml
 STAMP   := $(VENV)/.installed
 
-.PHONY: doctor lint run test vm-test sysdeps venv clean
+.PHONY: doctor lint run test vm-test vagrant-test sysdeps venv clean
 
 # tools/doctor.py holds the one list of Debian packages, each with the capability that proves it
 # is there (swaks with TLS, not just swaks). `make run` needs the "run" rows, the test targets
@@ -54,6 +54,10 @@ lint: venv
 # Only the Ansible/Vagrant/VM tests; fails (instead of skipping) when the machine cannot boot the VM.
 vm-test: doctor venv
 	NETPOLICY_VM_TEST=require $(VENV)/bin/pytest -q -p no:cacheprovider -rs tests/vm
+
+# Only `vagrant up` on the Vagrantfile (libvirt, qemu/TCG, in a namespace); fails instead of skipping.
+vagrant-test: doctor venv
+	NETPOLICY_VM_TEST=require $(VENV)/bin/pytest -q -p no:cacheprovider -rs tests/vagrant
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -81,7 +81,12 @@ NEEDS: tuple[Need, ...] = (
     Need("mmdebstrap (the VM image)", "mmdebstrap", "test", _has("mmdebstrap")),
     Need("mkfs.ext4 (the VM image)", "e2fsprogs", "test", _has("mkfs.ext4")),
     Need("ssh, ssh-keygen (Ansible into the VM)", "openssh-client", "test", _has("ssh", "ssh-keygen")),
-    Need("vagrant (vagrant validate)", "vagrant", "test", _has("vagrant")),
+    Need("vagrant (vagrant validate, vagrant up)", "vagrant", "test", _has("vagrant")),
+    Need("libvirtd (vagrant up; the test starts it in its own namespace; -daemon: no system service)",
+         "libvirt-daemon", "test", _has("libvirtd")),
+    Need("libvirt's QEMU driver (vagrant up with libvirt.driver qemu)", "libvirt-daemon-driver-qemu", "test",
+         _has("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")),
+    Need("debugfs (puts the vagrant user into the box image without mounting it)", "e2fsprogs", "test", _has("debugfs")),
     Need("vagrant-libvirt plugin (validates the libvirt provider block)", "vagrant-libvirt", "test",
          lambda: os.path.isdir("/usr/share/vagrant-plugins/plugins.d") and any(
              "libvirt" in name for name in os.listdir("/usr/share/vagrant-plugins/plugins.d"))),
