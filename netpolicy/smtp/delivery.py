@@ -113,6 +113,7 @@ class ClientFacts:
     helo: str
     esmtp: bool
     ident: str  # the message's MID in our mail log
+    name_tempfail: bool = False  # the reverse lookup failed for now (DNS error or too slow), no name
 
 
 class Transaction(Protocol):
@@ -449,6 +450,12 @@ async def _greet(smtp: aiosmtplib.SMTP, name: str | None = None) -> None:
         await smtp.helo(hostname=name)
 
 
+def _name(client: ClientFacts, xforward: bool) -> str:
+    if client.name and _HOSTNAME.match(client.name):
+        return client.name
+    return "[TEMPUNAVAIL]" if client.name_tempfail and not xforward else "[UNAVAILABLE]"
+
+
 def client_attributes(client: ClientFacts, offered: str, xforward: bool) -> list[str]:
     """``NAME=value`` pairs (xtext) for XCLIENT, or XFORWARD with its SOURCE and IDENT, of the
     attribute names the hop listed after the EHLO keyword (``offered``).
@@ -456,12 +463,15 @@ def client_attributes(client: ClientFacts, offered: str, xforward: bool) -> list
     They must fit one command line: after an XCLIENT, Postfix judges the client it was told
     about, which is not authorised for a second XCLIENT. A HELO that would not fit (or that
     Postfix refuses with 501, longer than a host name may be) is sent as [UNAVAILABLE].
+    A name the reverse lookup could not settle for now is XCLIENT's [TEMPUNAVAIL], so the hop's
+    reject_unknown_client_hostname defers (450) instead of refusing a client that may have a
+    name; XFORWARD's NAME only feeds the hop's log, and Postfix takes only [UNAVAILABLE] there.
     """
     names = frozenset(offered.upper().split())
     values = {
         "ADDR": f"IPV6:{client.address}" if ":" in client.address else client.address,
         "PORT": "[UNAVAILABLE]" if client.port is None else str(client.port),
-        "NAME": client.name if client.name and _HOSTNAME.match(client.name) else "[UNAVAILABLE]",
+        "NAME": _name(client, xforward),
         "HELO": client.helo if 0 < len(client.helo) <= 255 else "[UNAVAILABLE]",
         "PROTO": "ESMTP" if client.esmtp else "SMTP",
     }

@@ -125,6 +125,7 @@ class PolicySMTP(SMTP):
         self._init_aiosmtpd_state(generation.listener.hostname, services.limits.command_timeout, services.limits.line_length)
         self.address = ""
         self.hostname_ptr: str | None = None
+        self.hostname_tempfail = False  # no verified name because a lookup failed or was too slow
         self.decision: Decision | None = None
         self.icid = 0
         self._counted = False
@@ -216,10 +217,12 @@ class PolicySMTP(SMTP):
         """HAT decision with forward-confirmed reverse DNS and DNS lists, bounded in time."""
         resolver = self.services.resolver
         hat = self.gen.hat
+        self.hostname_tempfail = True
         try:
             async with asyncio.timeout(self.services.limits.decision_timeout):
                 name = await resolver.verified_hostname(self.address)
                 self.hostname_ptr = name.value
+                self.hostname_tempfail = name.value is None and name.ttl == 0
                 return await hat.decide_async(self.address, _KnownName(resolver, name))
         except TimeoutError:
             log.warning("%s: DNS too slow for the HAT decision; deciding by address", self.address)
@@ -531,7 +534,7 @@ class PolicySMTP(SMTP):
         peer = self.session.peer
         port = peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None
         return ClientFacts(self.address, port, self.hostname_ptr, self.session.host_name or "",
-                           bool(self.session.extended_smtp), str(mid))
+                           bool(self.session.extended_smtp), str(mid), self.hostname_tempfail)
 
     def _parse_path(self, keyword: str, arg: str | None) -> tuple[str, Parameters] | str:
         """``(address, params)`` of a MAIL/RCPT argument, or the error reply.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dns_server import DnsServer, Zone, resolv_conf, reverse_name
 from tests.support.netns import NetPair
 from tests.support.postfix import Postfix, postfix_instance
 from tests.support.serve import Served
@@ -115,6 +116,24 @@ async def test_a_postfix_client_rule_on_the_real_address_takes_effect_through_se
         other = await f.client(LATER)
         assert (await send(other, "MAIL FROM:<a@sender.test>", "RCPT TO:<b@example.test>")).startswith("250 ")
         assert len(hop.queue_files()) == 1
+
+
+async def test_a_reverse_lookup_that_failed_for_now_is_deferred_by_the_hop(netpair: NetPair, tmp_path: Path) -> None:
+    """serve's PTR lookup for ACCEPTED gets SERVFAIL (XCLIENT NAME=[TEMPUNAVAIL]), LATER's gets
+    NXDOMAIN ([UNAVAILABLE]): Postfix's reject_unknown_client_hostname defers the first whatever
+    unknown_client_reject_code says, and refuses the second with it."""
+    dns = DnsServer("127.0.0.1", 53, netns=netpair.server)
+    dns.load(Zone("2.0.192.in-addr.arpa", []), Zone("100.51.198.in-addr.arpa", []))
+    dns.servfail(reverse_name(ACCEPTED))
+    settings = {**XCLIENT, "smtpd_client_restrictions": "reject_unknown_client_hostname",
+                "unknown_client_reject_code": "550"}
+    with dns, resolv_conf(netpair.server, "127.0.0.1"):
+        async with front(netpair, tmp_path, settings) as f:
+            deferred = await send(await f.client(ACCEPTED), "MAIL FROM:<a@sender.test>", "RCPT TO:<b@example.test>")
+            assert deferred.startswith("450 4.7.25 ") and "cannot find your hostname" in deferred, deferred
+            refused = await send(await f.client(LATER), "MAIL FROM:<a@sender.test>", "RCPT TO:<b@example.test>")
+            assert refused.startswith("550 5.7.25 ") and "cannot find your hostname" in refused, refused
+            assert f.hop.queue_files() == []
 
 
 async def test_dsn_parameters_reach_the_postfix_queue_file(netpair: NetPair, tmp_path: Path) -> None:

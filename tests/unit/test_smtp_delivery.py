@@ -219,3 +219,12 @@ async def test_utf8_towards_a_hop_without_smtputf8_is_553_5_6_7() -> None:
 def test_a_name_postfix_would_refuse_is_unavailable(name: str, sent: str) -> None:
     facts = ClientFacts("192.0.2.7", 1, name, "h.test", esmtp=True, ident="1")
     assert client_attributes(facts, "NAME", xforward=False) == [sent]
+
+
+def test_a_name_not_settled_for_now_is_tempunavail_to_xclient_only() -> None:
+    """Postfix's reject_unknown_client_hostname defers [TEMPUNAVAIL] and refuses [UNAVAILABLE]."""
+    failed = ClientFacts("192.0.2.7", 1, None, "h.test", esmtp=True, ident="1", name_tempfail=True)
+    assert client_attributes(failed, "NAME", xforward=False) == ["NAME=[TEMPUNAVAIL]"]
+    assert client_attributes(failed, "NAME", xforward=True) == ["NAME=[UNAVAILABLE]"]
+    named = ClientFacts("192.0.2.7", 1, "mx1.sender.test", "h.test", esmtp=True, ident="1", name_tempfail=True)
+    assert client_attributes(named, "NAME", xforward=False) == ["NAME=mx1.sender.test"]
