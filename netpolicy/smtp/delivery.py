@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import itertools
 import logging
@@ -546,15 +547,18 @@ class _NextHopTransaction:
         return self.broken
 
     async def close(self) -> None:
-        """QUIT politely if the conversation is sound; the connection is closed in any case
-        (also when this is cancelled while the next hop is slow to answer the QUIT)."""
-        try:
-            if self.broken is None and self.client.is_connected:
-                await asyncio.wait_for(self.client.quit(), min(self.sink.timeout, 5))
-        except (*_LINK_ERRORS, aiosmtplib.SMTPResponseException):
-            pass
-        finally:
-            self.client.close()
+        """QUIT if the conversation is sound, without waiting for the hop's 221, and close.
+
+        The hop has taken or refused the message by now; waiting for the 221 held the client's
+        own next command (its QUIT, after the 250) for one more round trip to the hop. The
+        QUIT goes out before the close (the transport flushes its buffer first), so Postfix
+        still logs an orderly end (``quit=1``), not a lost connection.
+        """
+        protocol = self.client.protocol
+        if self.broken is None and self.client.is_connected and protocol is not None:
+            with contextlib.suppress(aiosmtplib.SMTPServerDisconnected):
+                protocol.write(b"QUIT\r\n")
+        self.client.close()
 
 
 async def _send_data(client: aiosmtplib.SMTP, message: Spool, step_timeout: float) -> aiosmtplib.SMTPResponse:
