@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
 MODE = os.environ.get("NETPOLICY_VM_TEST", "auto")  # auto | require | skip
 BOX_NAME = "debian/bookworm64"
+WHEELS = vmlib.ROOT / "var" / "wheels"  # site.yml's default netpolicy_wheel_dir
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
 # libvirt runs QEMU as root here (no dynamic ownership to manage in a throw-away lab) and writes
 # the guest's output to files, so virtlogd is not needed.
@@ -144,6 +145,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if box.returncode != 0:
         raise RuntimeError(f"build-box.sh failed:\n{box.stderr[-4000:]}")
     timings["box"] = round(time.monotonic() - started, 1)
+    # The namespace has no route out: the wheels site.yml builds on the controller are built here
+    # first, where the package index is reachable; inside, pip finds them all (PIP_NO_INDEX).
+    started = time.monotonic()
+    vmlib.build_wheels(WHEELS)
+    timings["wheels"] = round(time.monotonic() - started, 1)
     ns = Netns.create(unique_name("npvag"))
     libvirtd = None
     env = {
@@ -152,6 +158,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "VAGRANT_DOTFILE_PATH": str(work / "dot-vagrant"),
         "LIBVIRT_DEFAULT_URI": f"qemu:///system?socket={work}/libvirt/run-libvirt/libvirt-sock",
         "NETPOLICY_LIBVIRT_DRIVER": "qemu",
+        "PIP_NO_INDEX": "1",
         "PATH": f"{vmlib.VENV_BIN}:{os.environ['PATH']}",
     }
     lab = Lab(ns=ns, work=work, env=env, up=subprocess.CompletedProcess([], 0), host_ruleset_before=host_ruleset_before,
