@@ -24,6 +24,7 @@ from tests.support.postfix import Postfix, postfix_instance
 from tests.support.serve import Served
 from tests.support.serve_policy import ACCEPTED, LATER, PORT, policy_text
 from tests.support.smtp import RawClient
+from tests.support.wait import wait_until_async
 
 HOP_PORT = 10025
 HOLD = {"smtpd_data_restrictions": "check_client_access static:HOLD"}
@@ -100,6 +101,9 @@ async def test_postfix_logs_and_judges_the_real_client_through_xclient(netpair: 
         assert f"Received: from client.test (unknown [{ACCEPTED}])\n\tby hop.example.test (Postfix) with ESMTP" in queued
         assert f"Received: from client.test (unknown [{ACCEPTED}])\n\tby mx.example.test (netpolicy)" in queued
         assert "XCLIENT" not in served.stderr_text()
+        # serve's QUIT is not waited for, yet reaches the hop before the connection closes.
+        quit = re.compile(rf"disconnect from unknown\[{re.escape(ACCEPTED)}\] .*quit=1")
+        await wait_until_async(lambda: quit.search(hop.log_text()), "Postfix logged serve's QUIT")
 
 
 async def test_a_postfix_client_rule_on_the_real_address_takes_effect_through_serve(netpair: NetPair, tmp_path: Path) -> None:
