@@ -149,6 +149,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # first, where the package index is reachable; inside, pip finds them all (PIP_NO_INDEX).
     started = time.monotonic()
     vmlib.build_wheels(WHEELS)
+    build_deps = work / "build-deps"  # pyproject's build-system requires, for pip's build isolation
+    subprocess.run([str(vmlib.VENV_BIN / "pip"), "download", "-q", "-d", str(build_deps), "setuptools>=68", "wheel"],
+                   check=True, timeout=300)
     timings["wheels"] = round(time.monotonic() - started, 1)
     ns = Netns.create(unique_name("npvag"))
     libvirtd = None
@@ -159,6 +162,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "LIBVIRT_DEFAULT_URI": f"qemu:///system?socket={work}/libvirt/run-libvirt/libvirt-sock",
         "NETPOLICY_LIBVIRT_DRIVER": "qemu",
         "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(build_deps),
         "PATH": f"{vmlib.VENV_BIN}:{os.environ['PATH']}",
     }
     lab = Lab(ns=ns, work=work, env=env, up=subprocess.CompletedProcess([], 0), host_ruleset_before=host_ruleset_before,
