@@ -125,18 +125,14 @@ async def test_next_hop_sink_closes_its_connection_on_any_exception() -> None:
     await hop.stop()
 
 
-async def test_cancelled_quit_still_closes() -> None:
+async def test_close_does_not_wait_for_the_answer_to_quit() -> None:
     hop = CountingHop(mute_quit=True)
     sink = NextHopSink(await hop.start(), 5, "mx.example.test")
     txn = await sink.open("s@x.test", None)
     assert (await txn.recipient("u@example.test")).code == 250
-    closing = asyncio.create_task(txn.close())
+    await asyncio.wait_for(txn.close(), 1)  # the hop never answers the QUIT
     await wait_until_async(lambda: hop.quits_unanswered == 1, "the QUIT to reach the next hop")
-    assert not closing.done()  # close() waits for the answer to QUIT
-    closing.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await closing
-    await wait_until_async(lambda: hop.open_connections == 0, "a cancelled close() to close the connection")
+    await wait_until_async(lambda: hop.open_connections == 0, "close() to close the connection")
     await hop.stop()
 
 

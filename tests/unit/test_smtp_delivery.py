@@ -3,13 +3,11 @@ told who the client is and given the client's parameters (SPEC.md section 9)."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import subprocess
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 
 from netpolicy.smtp.delivery import (
@@ -25,7 +23,6 @@ from netpolicy.smtp.delivery import (
 )
 from netpolicy.smtp.spool import ByteBudget, Spool
 from tests.support.next_hop import ScriptedHop
-from tests.support.wait import wait_until_async
 
 
 def spool(data: bytes, threshold: int = 256 * 1024) -> Spool:
@@ -232,20 +229,3 @@ def test_a_name_not_settled_for_now_is_tempunavail_to_xclient_only() -> None:
     named = ClientFacts("192.0.2.7", 1, "mx1.sender.test", "h.test", esmtp=True, ident="1", name_tempfail=True)
     assert client_attributes(named, "NAME", xforward=False) == ["NAME=mx1.sender.test"]
 
-
-async def test_close_sends_quit_without_waiting_for_the_hops_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The client's own next command waits while the transaction closes: a hop slow to answer
-    QUIT (aiosmtplib's quit() never returning, here) must not hold it."""
-    async def never_answered(self: aiosmtplib.SMTP, timeout: float | None = None) -> None:
-        await asyncio.sleep(3600)
-
-    monkeypatch.setattr(aiosmtplib.SMTP, "quit", never_answered)
-    hop = ScriptedHop()
-    address = await hop.start()
-    try:
-        txn = await NextHopSink(address, 5, "mx.example.test").open("a@sender.test", None, CLIENT)
-        assert (await txn.recipient("b@example.test")).ok
-        await asyncio.wait_for(txn.close(), 0.5)
-        await wait_until_async(lambda: hop.commands[-1:] == ["QUIT"], "the hop received QUIT")
-    finally:
-        await hop.stop()
