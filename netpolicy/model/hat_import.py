@@ -30,6 +30,13 @@ the operator chooses, so the policy gets a ``reputation`` block of well-known li
 and each range those lists cannot reach says so. Country entries (``country[us,cn]``) become
 ``country[US,CN]`` and need a country database, named in a ``geoip`` block marked EDIT; a
 geolocation entry written in any other form is an error at its line like any unknown entry.
+
+The message checks of a policy (``spam_check``, ``virus_check``, ``dkim_verification``,
+``spf_profile`` -- the GUI's "SPF/SIDF Verification" -- and ``dmarc_verification``, each "on" or
+"off") become ``spam_check``, ``virus_check``, ``dkim``, ``spf`` and ``dmarc``. netpolicy asks
+rspamd for them, so a policy that turns one on gets a ``scanner`` block marked EDIT; the rest
+of the appliance's SPF, DKIM and DMARC settings (profiles, conformance level, HELO test) are
+rspamd's configuration, not the policy's, and stay comments.
 The result is checked with :func:`parse_policy` before it is returned.
 """
 
@@ -49,10 +56,11 @@ from pydantic import ValidationError
 from netpolicy.model.entries import AllEntry, CountryEntry, EntryError, ListFileEntry, ScoreEntry, parse_entry
 from netpolicy.model.loader import PolicyError, parse_policy
 from netpolicy.model.policy import MailFlowPolicy, PolicyParams, Reputation, ReputationSource
+from netpolicy.model.references import MESSAGE_CHECKS
 from netpolicy.model.reputation import reputation_score
 from netpolicy.model.yamltree import tag_resolver
 
-__all__ = ["DEFAULT_GEOIP_DATABASE", "DEFAULT_LISTENER_DEFAULTS", "REPUTATION_SOURCES", "HatImportError", "import_hat"]
+__all__ = ["DEFAULT_GEOIP_DATABASE", "DEFAULT_LISTENER_DEFAULTS", "DEFAULT_RSPAMD", "REPUTATION_SOURCES", "HatImportError", "import_hat"]
 
 # The export does not carry the listener's "Default Policy Parameters" (what "Use Default"
 # means on the appliance), so the imported listener gets the values of SPEC.md's example.
@@ -72,6 +80,8 @@ REPUTATION_SOURCES: Sequence[tuple[str, str | None, float]] = (
 )
 # Where geoipupdate writes MaxMind's free country database on Debian.
 DEFAULT_GEOIP_DATABASE = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
+# rspamd's normal worker as Debian's package starts it.
+DEFAULT_RSPAMD = "http://127.0.0.1:11333"
 
 _BEHAVIORS = {"ACCEPT": "accept", "REJECT": "reject", "TCPREFUSE": "tcprefuse", "RELAY": "relay", "CONTINUE": "continue"}
 
@@ -95,6 +105,20 @@ _PARAMS = {
     "dhap_limit": "dhap_limit",
     "dhap_code": "dhap_code",
     "dhap_text": "dhap_text",
+}
+# The appliance's message-check switches ("on"/"off") -> netpolicy's parameters (SPEC.md section 8).
+_CHECKS = {
+    "spam_check": "spam_check",
+    "virus_check": "virus_check",
+    "dkim_verification": "dkim",
+    "spf_profile": "spf",
+    "dmarc_verification": "dmarc",
+}
+_SWITCH = {"on": True, "off": False}
+# What an export's other sender-authentication settings mean here, in the comment that keeps them.
+_CHECK_NOTES = {
+    "spf_conformance_level": "netpolicy's spf is RFC 7208's check of the MAIL FROM identity, or of the HELO when "
+                             "MAIL FROM is empty; Sender ID's PRA identity is not checked",
 }
 _TEXT_PARAMS = {"rate_limit_text", "smtp_banner_text", "reject_banner_text", "dhap_text"}
 # Hourly limits where the appliance writes -1 (or 0) for "Unlimited".
@@ -186,6 +210,7 @@ class _Importer:
         self.all_seen = False
         self.score_lines: list[int] = []  # export lines of sbrs[...] entries
         self.country_lines: list[int] = []  # export lines of country[...] entries
+        self.check_lines: list[int] = []  # export lines turning a message check on
 
     def fail(self, line: int, message: str) -> HatImportError:
         return HatImportError(line, message, self.source)
@@ -404,12 +429,22 @@ class _Importer:
         return tokens
 
     def _param(self, policy: _PolicyDef, key: str, value: _Value) -> None:
-        target = _PARAMS.get(key)
+        target = _PARAMS.get(key) or _CHECKS.get(key)
         if target is None:
-            policy.notes.append(f"{key} = {value.raw} (line {value.line}: no netpolicy equivalent; not imported)")
+            meaning = _CHECK_NOTES.get(key, "no netpolicy equivalent")
+            policy.notes.append(f"{key} = {value.raw} (line {value.line}: {meaning}; not imported)")
             return
         if value.text.strip().lower() in ("default", "use default"):
             return  # "Use Default": unset here means the listener's defaults, as on the appliance
+        if key in _CHECKS:
+            switch = _SWITCH.get(value.text.strip().lower())
+            if switch is None:
+                raise self.fail(value.line, f"{key} = {value.raw}: expected on or off (or default)")
+            policy.params[target] = switch
+            self.param_lines.setdefault(policy.name, {})[target] = value.line
+            if switch:
+                self.check_lines.append(value.line)
+            return
         policy.params[target] = self._convert(target, value, policy)
         self.param_lines.setdefault(policy.name, {})[target] = value.line
 
@@ -579,6 +614,7 @@ def import_hat(
         tls_placeholder=tls_placeholder,
         defaults=listener_defaults,
         geoip_database=os.path.abspath(geoip_database),
+        scans=bool(importer.check_lines) or any(listener_defaults.get(key) is True for key in MESSAGE_CHECKS),
     )
     try:
         parse_policy(out, f"{source} (imported)")
@@ -603,6 +639,7 @@ def _render(
     tls_placeholder: bool,
     defaults: Mapping[str, object],
     geoip_database: str,
+    scans: bool,
 ) -> str:
     out: list[str] = [
         f"# Imported from the appliance HAT export {importer.source} by `netpolicy import-hat`.",
@@ -672,6 +709,8 @@ def _render(
         if policy.notes:
             out.append("    # from the export, not imported:")
             out += [f"    #   {_one_line(note)}" for note in policy.notes]
+    if scans:
+        out += _scanner_block(importer.check_lines)
     if importer.score_lines:
         out += _reputation_block(importer.score_lines)
     if importer.country_lines:
@@ -683,6 +722,21 @@ def _render(
             f"  database: {_scalar(geoip_database)}",
         ]
     return "\n".join(out) + "\n"
+
+
+def _scanner_block(check_lines: list[int]) -> list[str]:
+    """The ``scanner`` block the message checks need, marked EDIT: where rspamd listens."""
+    where = f" (export line {check_lines[0]} and on)" if check_lines else " (the listener defaults)"
+    return [
+        f"# EDIT: the export's policies check messages{where}: netpolicy asks rspamd at the end of",
+        "# DATA, with ClamAV's clamd behind rspamd's antivirus module for virus_check. Point this at",
+        "# rspamd's normal worker. on_error: tempfail answers 451 while rspamd cannot be asked, so no",
+        "# message passes unchecked; accept passes messages on unscanned instead.",
+        "scanner:",
+        f"  rspamd: {DEFAULT_RSPAMD}   # EDIT",
+        "  timeout: 20   # seconds per message",
+        "  on_error: tempfail   # EDIT",
+    ]
 
 
 def _reputation_block(score_lines: list[int]) -> list[str]:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from netpolicy.cli import cli
 from netpolicy.model import Policy, parse_policy
 from netpolicy.model.hat import HatIndex, build_hat_indexes
 from netpolicy.model.hat_import import HatImportError, import_hat
@@ -130,18 +132,72 @@ def test_sample_unknown_parameters_are_comments() -> None:
     out = import_hat(text, source="hat_export.txt")
     comments = [line.strip() for line in out.splitlines() if line.strip().startswith("#")]
     for needle, name in [
-        ('spam_check = "off"', "spam_check"),
         ('use_sb = "on"', "use_sb"),
         ('use_override_hostname = "off"', "use_override_hostname"),
+        ('dkim_verification_profile = "DEFAULT"', "dkim_verification_profile"),
+        ('dmarc_agg_reports = "off"', "dmarc_agg_reports"),
+        ('spf_helo = "off"', "spf_helo"),
     ]:
         line = export_line(text, needle)
         assert any(needle in c and f"line {line}" in c for c in comments), name
-    assert sum("virus_check" in c for c in comments) == 3  # TRUSTED, THROTTLED, RELAYED
+    conformance = next(c for c in comments if "spf_conformance_level" in c)
+    assert f"line {export_line(text, 'spf_conformance_level')}" in conformance and "PRA identity is not checked" in conformance
+    # The message checks are parameters now, not comments.
+    assert not any(key in c for c in comments for key in ("spam_check =", "virus_check =", "dkim_verification =", "spf_profile =", "dmarc_verification ="))
     # Comments only: no unknown key reaches the data.
     data = yaml.safe_load(out)
     assert set(data["mail_flow_policies"]["TRUSTED"]) == {
         "behavior", "tls", "max_msgs_per_session", "max_message_size", "max_rcpts_per_msg", "max_concurrency",
+        "spam_check", "virus_check", "dkim",
     }
+
+
+def test_sample_message_checks_are_mapped() -> None:
+    hat = hat_of(imported(sample_text()))
+    checks = ("spam_check", "virus_check", "dkim", "spf", "dmarc")
+    # "on"/"off" -> true/false; a check the export does not name is unset (the defaults, then off).
+    assert [getattr(hat.decide("203.0.113.25").policy, c) for c in checks] == [False, True, False, False, False]  # TRUSTED
+    assert [getattr(hat.decide("198.51.100.200").policy, c) for c in checks] == [True, True, True, True, True]  # THROTTLED
+    assert [getattr(hat.decide("10.20.7.9").policy, c) for c in checks] == [False, True, False, False, False]  # RELAYED
+    assert not hat.decide("8.8.8.8").policy.scans  # ACCEPTED: {}
+    data = yaml.safe_load(import_hat(sample_text()))
+    assert data["mail_flow_policies"]["TRUSTED"]["dkim"] is False and "spf" not in data["mail_flow_policies"]["TRUSTED"]
+
+
+def test_sample_gets_a_scanner_block_to_review() -> None:
+    text = sample_text()
+    out = import_hat(text)
+    scanner = parse_policy(out).scanner
+    assert scanner is not None
+    assert (scanner.rspamd, scanner.timeout, scanner.on_error) == ("http://127.0.0.1:11333", 20.0, "tempfail")
+    lines = out.splitlines()
+    start = lines.index("scanner:")
+    intro = " ".join(line for line in lines[:start] if line.startswith("# ")).split("# EDIT: the export's policies check messages")[1]
+    first_check = export_line(text, 'virus_check = "on"')
+    assert f"export line {first_check}" in intro and "clamd" in intro and "451" in intro
+    assert lines[start + 1].endswith("# EDIT") and lines[start + 3].endswith("# EDIT")
+
+
+def test_imported_checks_load_with_validate(tmp_path: Path) -> None:
+    policy_file = tmp_path / "imported.yml"
+    policy_file.write_text(import_hat(sample_text()))
+    result = CliRunner().invoke(cli, ["validate", "-p", str(policy_file)])
+    assert result.exit_code == 0, result.output
+    # Without its scanner block the policy does not load: the block is what makes it valid.
+    text = policy_file.read_text()
+    policy_file.write_text(text[: text.index("# EDIT: the export's policies check messages")])
+    result = CliRunner().invoke(cli, ["validate", "-p", str(policy_file)])
+    assert result.exit_code == 1 and "needs a scanner block" in result.stderr
+
+
+def test_scanner_block_only_when_a_check_is_on() -> None:
+    off = '$QUIET\n    ACCEPT {\n        spam_check = "off"\n        virus_check = "Off"\n        dmarc_verification = "default"\n    }\nALL $QUIET\n'
+    data = yaml.safe_load(import_hat(off))
+    assert "scanner" not in data and data["mail_flow_policies"]["QUIET"] == {"behavior": "accept", "spam_check": False, "virus_check": False}
+    # A check the listener defaults turn on needs the block too.
+    policy = imported(off, defaults={"max_message_size": 1048576, "dkim": True})
+    assert policy.scanner is not None and hat_of(policy).decide("1.2.3.4").policy.dkim is True
+    assert "(the listener defaults)" in import_hat(off, defaults={"spf": True})
 
 
 def test_sample_gets_a_reputation_block_to_review() -> None:
@@ -340,6 +396,7 @@ GOOD_HEAD = "$ACCEPTED\n    ACCEPT {}\n"
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_msgs_per_session = 0\n    }\nALL $ACCEPTED\n", "= 0", "greater than 0"),
         (GOOD_HEAD + "$SLOW\n    REJECT {\n        reject_banner_code = 250\n    }\nALL $ACCEPTED\n", "= 250", "reject_banner_code"),
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        tls = \"sometimes\"\n    }\nALL $ACCEPTED\n", "sometimes", "expected off, on, required"),
+        (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        spf_profile = \"strict\"\n    }\nALL $ACCEPTED\n", "strict", "expected on or off"),
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency = 5\n        max_concurrency = 6\n    }\nALL $ACCEPTED\n", "= 6", "given twice"),
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        banner = \"open\n    }\nALL $ACCEPTED\n", '"open', "unterminated quoted string"),
         (GOOD_HEAD + "$SLOW\n    ACCEPT {\n        max_concurrency 5\nALL $ACCEPTED\n", "max_concurrency 5", "expected key = value"),
