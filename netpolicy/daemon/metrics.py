@@ -48,6 +48,17 @@ class DaemonView:
     shared_applied: Mapping[str, int] = field(default_factory=dict)  # kind -> refusals of other gateways applied
 
 
+def _by_label(family: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
+              labels: list[str], values: Mapping[str, int] | Mapping[tuple[str, str], int]) -> Metric:
+    """One metric family with a sample per key of ``values`` (a label value, or a tuple of them),
+    in key order so a scrape reads the same from one time to the next."""
+    metric = family(name, documentation, labels=labels)
+    for key, n in sorted(values.items()):
+        label_values = [key] if isinstance(key, str) else list(key)
+        metric.add_metric(label_values, n)
+    return metric
+
+
 class DaemonCollector(Collector):
     def __init__(self, view: DaemonView) -> None:
         self.view = view
@@ -79,54 +90,30 @@ class DaemonCollector(Collector):
                                 value=int(v.fds.short))
         yield CounterMetricFamily("netpolicy_fd_refusals", "Connections answered 421 for want of file descriptors",
                                   value=v.fds.refused)
-        refusals = CounterMetricFamily("netpolicy_kernel_refusals", "SYNs refused by the kernel", labels=["listener"])
-        for name, n in v.kernel_refusals.items():
-            refusals.add_metric([name], n)
-        yield refusals
-        promotions = CounterMetricFamily("netpolicy_promotions", "Hosts promoted into kernel refuse sets", labels=["listener"])
-        for name, n in v.promotions.items():
-            promotions.add_metric([name], n)
-        yield promotions
-        learned = CounterMetricFamily("netpolicy_learned_refusals", "TCPREFUSE decisions on DNS answers learned into the kernel",
-                                      labels=["listener"])
-        for name, n in sorted(v.learned.items()):
-            learned.add_metric([name], n)
-        yield learned
-        held = GaugeMetricFamily("netpolicy_learned_refusals_held", "Learned refusals the kernel holds now", labels=["listener"])
-        for name, n in sorted(v.learned_held().items()):
-            held.add_metric([name], n)
-        yield held
-        skipped = CounterMetricFamily("netpolicy_learned_refusals_skipped",
-                                      "Refusals not learned because the listener held the most it may", labels=["listener"])
-        for name, n in sorted(v.learn_skipped.items()):
-            skipped.add_metric([name], n)
-        yield skipped
+        yield _by_label(CounterMetricFamily, "netpolicy_kernel_refusals", "SYNs refused by the kernel",
+                        ["listener"], v.kernel_refusals)
+        yield _by_label(CounterMetricFamily, "netpolicy_promotions", "Hosts promoted into kernel refuse sets",
+                        ["listener"], v.promotions)
+        yield _by_label(CounterMetricFamily, "netpolicy_learned_refusals",
+                        "TCPREFUSE decisions on DNS answers learned into the kernel", ["listener"], v.learned)
+        yield _by_label(GaugeMetricFamily, "netpolicy_learned_refusals_held", "Learned refusals the kernel holds now",
+                        ["listener"], v.learned_held())
+        yield _by_label(CounterMetricFamily, "netpolicy_learned_refusals_skipped",
+                        "Refusals not learned because the listener held the most it may", ["listener"], v.learn_skipped)
         yield CounterMetricFamily("netpolicy_drift_repairs", "Kernel drift repairs", value=v.drift_repairs())
-        failures = CounterMetricFamily("netpolicy_task_failures", "Background loops of serve that failed and were restarted", labels=["task"])
-        for task, n in sorted(v.task_failures.items()):
-            failures.add_metric([task], n)
-        yield failures
-        unexpected = CounterMetricFamily("netpolicy_dnslist_unexpected_answers",
-                                         "DNS-list answers no pattern of the entry matched (not listings)", labels=["zone", "answer"])
-        for (zone, answer), n in sorted(v.dnslist_unexpected.items()):
-            unexpected.add_metric([zone, answer], n)
-        yield unexpected
-        scans = CounterMetricFamily("netpolicy_scans", "Messages asked of the scanner, by verdict", labels=["verdict"])
-        for verdict, n in sorted(v.scans.verdicts.items()):
-            scans.add_metric([verdict], n)
-        yield scans
+        yield _by_label(CounterMetricFamily, "netpolicy_task_failures",
+                        "Background loops of serve that failed and were restarted", ["task"], v.task_failures)
+        yield _by_label(CounterMetricFamily, "netpolicy_dnslist_unexpected_answers",
+                        "DNS-list answers no pattern of the entry matched (not listings)", ["zone", "answer"],
+                        v.dnslist_unexpected)
+        yield _by_label(CounterMetricFamily, "netpolicy_scans", "Messages asked of the scanner, by verdict",
+                        ["verdict"], v.scans.verdicts)
         yield HistogramMetricFamily("netpolicy_scan_seconds", "Time to scan one message (sending it included)",
                                     buckets=v.scans.cumulative(), sum_value=v.scans.latency_sum)
-        published = CounterMetricFamily("netpolicy_shared_refusals_published",
-                                        "Promotions and learned refusals published to the other gateways", labels=["kind"])
-        for kind, n in sorted(v.shared_published.items()):
-            published.add_metric([kind], n)
-        yield published
-        applied = CounterMetricFamily("netpolicy_shared_refusals_applied",
-                                      "Promotions and learned refusals of other gateways put into this kernel", labels=["kind"])
-        for kind, n in sorted(v.shared_applied.items()):
-            applied.add_metric([kind], n)
-        yield applied
+        yield _by_label(CounterMetricFamily, "netpolicy_shared_refusals_published",
+                        "Promotions and learned refusals published to the other gateways", ["kind"], v.shared_published)
+        yield _by_label(CounterMetricFamily, "netpolicy_shared_refusals_applied",
+                        "Promotions and learned refusals of other gateways put into this kernel", ["kind"], v.shared_applied)
         store_up = v.state_store_up()
         if store_up is not None:
             yield GaugeMetricFamily("netpolicy_state_store_up", "1 while limits are shared through the state store, 0 while per process",
