@@ -61,6 +61,7 @@ from netpolicy.kernel.values import KernelError
 from netpolicy.model import Policy, PolicyError, load_policy
 from netpolicy.model.loader import source_files
 from netpolicy.model.compiler import compile_policy
+from netpolicy.model.fileid import FileId, file_id
 from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.model.plan import KernelPlan
 from netpolicy.smtp.listener import SmtpListener
@@ -105,20 +106,17 @@ def _prepare(path: str) -> _Prepared:
     return _Prepared(policy, compile_policy(policy), build_hat_indexes(policy))
 
 
-Signature = tuple[tuple[int, int, int] | None, ...]
+Signature = tuple[FileId | None, ...]
 
 
 def _signature(paths: tuple[str, ...]) -> Signature:
-    """What identifies the content of each file: a write in place changes size or mtime, a file
-    renamed over it changes the inode; None for a file that is not there (being replaced)."""
-    found: list[tuple[int, int, int] | None] = []
+    """The identity of each file (``file_id``); None for a file that is not there (being replaced)."""
+    found: list[FileId | None] = []
     for path in paths:
         try:
-            st = os.stat(path)
+            found.append(file_id(os.stat(path)))
         except OSError:
             found.append(None)
-            continue
-        found.append((st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(found)
 
 

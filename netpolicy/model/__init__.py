@@ -9,6 +9,7 @@ Modules: ``policy`` (the pydantic model of the file), ``loader`` and ``yamltree`
 policy, every problem as ``file:line``), ``references`` (names that must exist), ``effective``
 (a policy's parameters after the listener's defaults), ``entries`` (sender-group entries),
 ``lists`` and ``geoip`` (``file:`` lists and ``country[...]`` entries as address intervals),
+``fileid`` (whether a file changed, for their caches and serve's watcher),
 ``intervals`` (the address arithmetic both flows share), ``hat`` (the Host Access Table
 engine), ``compiler`` and ``plan`` (the kernel's share), ``hat_import`` (appliance exports).
 Nothing here opens a socket or touches the kernel; the files read are the policy, the lists it

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netpolicy.model.entries import AddressSetEntry, address_to_int
+from netpolicy.model.fileid import FileId, file_id
 from netpolicy.model.intervals import LabelledIndex, merge
 
 Span = tuple[int, int]
@@ -110,8 +111,7 @@ def read_table(path: str) -> CountryTable:
     return CountryTable(path, digest, ranges, codes, index)
 
 
-_Key = tuple[int, int, int, int]
-_cache: dict[str, tuple[_Key, CountryTable]] = {}
+_cache: dict[str, tuple[FileId, CountryTable]] = {}
 _lock = threading.Lock()
 
 
@@ -121,7 +121,7 @@ def load_table(path: str) -> CountryTable:
         st = os.stat(path)
     except OSError as exc:
         raise GeoIPError(f"cannot read {path}: {exc.strerror}") from None
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = file_id(st)
     with _lock:
         cached = _cache.get(path)
     if cached is not None and cached[0] == key:

@@ -44,6 +44,7 @@ from netpolicy.model.entries import (
     ScoreEntry,
     parse_entry,
 )
+from netpolicy.model.fileid import FileId, file_id
 from netpolicy.model.intervals import merge, union
 
 Span = tuple[int, int]
@@ -329,8 +330,7 @@ def _consecutive(numbers: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-_Key = tuple[int, int, int, int]
-_cache: dict[str, tuple[_Key, int, ListContent, _Kept | None]] = {}
+_cache: dict[str, tuple[FileId, int, ListContent, _Kept | None]] = {}
 _lock = threading.Lock()
 
 
@@ -341,7 +341,7 @@ def read_list(path: str, limit: int) -> ListContent:
     """
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = file_id(st)
         with _lock:
             cached = _cache.get(path)
         if cached is not None and cached[0] == key and cached[1] == limit:
