@@ -39,13 +39,15 @@ trap 'rm -rf "$work"' EXIT
 root="$work/root"
 
 # What the role needs on the host is installed here already, so the VM never needs a mirror:
-# the role's apt task finds everything present (python3-apt lets Ansible's apt module run).
+# the role's apt tasks find everything present (python3-apt lets Ansible's apt module run;
+# redis-server is the shared state store the role can set up).
 packages=(
     systemd-sysv udev dbus kmod procps iproute2 netbase
     linux-image-cloud-amd64 initramfs-tools
     openssh-server sudo
     python3 python3-venv python3-apt python3-packaging
     nftables ca-certificates
+    redis-server
 )
 include="$(IFS=,; echo "${packages[*]}")"
 

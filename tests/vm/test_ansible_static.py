@@ -68,6 +68,8 @@ def _render(name: str, **variables: object) -> str:
     env.filters["to_nice_yaml"] = lambda data, indent=2, width=1000, sort_keys=False: yaml.safe_dump(
         data, indent=indent, width=width, sort_keys=sort_keys, default_flow_style=False, allow_unicode=True
     )
+    env.filters["combine"] = lambda base, extra: {**base, **extra}  # Ansible's, for two flat mappings
+    env.filters["bool"] = lambda value: str(value).lower() in ("true", "yes", "1")  # Ansible's, for the values used here
     return env.get_template(name).render(ansible_managed="Ansible managed", **variables)
 
 
@@ -132,3 +134,64 @@ def test_validate_rejects_a_broken_policy_with_file_and_line(tmp_path: Path) -> 
     proc = subprocess.run([str(BIN / "netpolicy"), "validate", "-p", str(path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert f"{path}:" in proc.stderr and "behaviour" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------------ shared state
+STATE_VARS = {"netpolicy_state_redis_url": "redis://10.20.0.10:6379/0", "netpolicy_state_prefix": "fleet:"}
+
+
+def test_unit_template_runs_workers_after_the_local_store() -> None:
+    rendered = _render("netpolicy.service.j2", **{**_defaults(), "netpolicy_workers": 4, "netpolicy_state_redis_install": True})
+    assert "--mail-log /var/log/netpolicy/mail.log --workers 4\n" in rendered
+    assert "\nAfter=redis-server.service\n" in rendered
+    default = _render("netpolicy.service.j2", **_defaults())
+    assert "--workers" not in default and "redis" not in default
+
+
+def test_policy_template_writes_the_state_block_when_a_url_is_set(tmp_path: Path) -> None:
+    policy = yaml.safe_load((ANSIBLE / "group_vars" / "mx.yml").read_text())["netpolicy_policy"]
+    path = tmp_path / "policy.yml"
+    path.write_text(_render("policy.yml.j2", netpolicy_policy=policy, **STATE_VARS))
+    assert yaml.safe_load(path.read_text())["state"] == {"redis": "redis://10.20.0.10:6379/0", "prefix": "fleet:"}
+    proc = subprocess.run([str(BIN / "netpolicy"), "validate", "-p", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    path.write_text(_render("policy.yml.j2", netpolicy_policy=policy, **{**STATE_VARS, "netpolicy_state_redis_url": ""}))
+    assert "state" not in yaml.safe_load(path.read_text())
+
+
+def _preflight(tmp_path: Path, **variables: object) -> subprocess.CompletedProcess[str]:
+    """The role on localhost with tags nothing carries: only its `always` steps run, which are
+    the argument validation and the workers check; nothing on this machine changes."""
+    exe = _need(BIN / "ansible-playbook")
+    play = [{"name": "Preflight", "hosts": "localhost", "connection": "local", "gather_facts": False,
+             "roles": [{"role": "netpolicy", **variables}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    env = {**_env(), "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_LOCALHOST_WARNING": "False"}
+    return subprocess.run([exe, "-i", "localhost,", str(tmp_path / "play.yml"), "--tags", "preflight-only"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("variables", "message"), [
+    ({"netpolicy_workers": "many"}, "argument 'netpolicy_workers' is of type str and we were unable to convert to int"),
+    ({"netpolicy_state_redis_port": "six"}, "argument 'netpolicy_state_redis_port' is of type str"),
+    ({"netpolicy_state_redis_protected_mode": "perhaps"}, "argument 'netpolicy_state_redis_protected_mode' is of type str"),
+    ({"netpolicy_workers": 2}, "more than one worker needs a shared state store"),
+    ({"netpolicy_workers": 0}, "netpolicy_workers is 0"),
+])
+def test_bad_state_variables_fail_before_any_change(tmp_path: Path, variables: dict[str, object], message: str) -> None:
+    proc = _preflight(tmp_path, **variables)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert message in out, out
+    assert "changed=0" in out, out
+
+
+@pytest.mark.parametrize("variables", [
+    {"netpolicy_workers": 2, "netpolicy_state_redis_url": "redis://10.20.0.10:6379/0"},
+    {"netpolicy_workers": 2, "netpolicy_state_redis_install": True},
+    {"netpolicy_workers": 1},
+])
+def test_workers_with_a_store_pass_the_check(tmp_path: Path, variables: dict[str, object]) -> None:
+    proc = _preflight(tmp_path, **variables)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok: [localhost]" in proc.stdout.split("Check that several workers share a state store")[1], proc.stdout
