@@ -48,6 +48,7 @@ from netpolicy.model.entries import (
     parse_answer_pattern,
     parse_entry,
 )
+from netpolicy.model.store_url import check_store_url
 
 if TYPE_CHECKING:
     from netpolicy.model.geoip import CountryTable
@@ -293,8 +294,9 @@ class GeoIP(StrictModel):
 class State(StrictModel):
     """Where limits and refusals shared by every worker and gateway live (SPEC.md section 10)."""
 
-    redis: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^(redis|rediss|redis\+sentinel|unix)://"), AfterValidator(_no_control)] = Field(
-        description="redis://host:6379/0, rediss:// for TLS, redis+sentinel://host:26379/master/0, unix:///path")
+    redis: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^(redis|rediss|redis\+sentinel|unix)://"), AfterValidator(_no_control),
+                     AfterValidator(check_store_url)] = Field(
+        description="redis://host:6379/0, rediss:// for TLS, redis+sentinel://host:26379[,host:26379...]/master/0, unix:///path")
     prefix: Annotated[str, StringConstraints(max_length=64), AfterValidator(_no_control)] = Field(
         "netpolicy:", description="prefix of every key netpolicy writes")
 

@@ -50,11 +50,10 @@ import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from netpolicy.model.policy import State
 from netpolicy.smtp.counters import BUCKETS, HOUR, InMemoryCounters
-from netpolicy.smtp.resp import SCHEMES, Reply, RespConnection, StoreError, pack
+from netpolicy.smtp.resp import Reply, RespConnection, StoreError, pack
 
 log = logging.getLogger("netpolicy.smtp.state")
 
@@ -200,11 +199,6 @@ class RedisStore:
         if state is None:
             return
         self.prefix = state.prefix
-        scheme = urlsplit(state.redis).scheme
-        if scheme not in SCHEMES:
-            log.error("state store not used, limits are per process: %s:// is not supported (yet), only %s", scheme,
-                      ", ".join(f"{s}://" for s in SCHEMES))
-            return
         self._start(self._renewing())
         found = await self._connect(state.redis)
         if isinstance(found, RespConnection):

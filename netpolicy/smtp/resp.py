@@ -18,7 +18,14 @@ request).
 
 URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, the server's
 certificate checked against the system's CA store or ``?ssl_ca_certs=/path/ca.pem``),
-``unix:///path[?db=N]``.
+``unix:///path[?db=N]``, and
+``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db][?sentinel_password=...]``:
+Redis Sentinel, for a store that fails over. Each connection asks the sentinels in turn
+(``SENTINEL get-master-addr-by-name``) where the master is, connects there and checks with
+``ROLE`` that it is the master (a sentinel's answer can be stale during a failover); the user and
+password are the master's. A failover needs nothing more: the old master drops its clients when
+it is demoted (or is dead), its writes fail with ``READONLY`` meanwhile, and the store's
+reconnection (``RedisStore``) opens a connection that asks the sentinels again.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from netpolicy.model.store_url import SentinelUrl
+
 Reply = bytes | int | list["Reply"] | None
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 
 
 class StoreError(Exception):
@@ -101,31 +110,68 @@ class RespConnection(asyncio.Protocol):
     async def open(cls, url: str, give_up_after: float) -> RespConnection:
         """Connect, authenticate and select the database; each step and every reply later
         bounded by ``give_up_after`` seconds."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
         loop = asyncio.get_running_loop()
         protocol = cls(give_up_after)
-        async with asyncio.timeout(give_up_after):
-            if parts.scheme == "unix":
-                await loop.create_unix_connection(lambda: protocol, unquote(parts.path))
-                db = query.get("db", ["0"])[0]
-            elif parts.scheme in ("redis", "rediss"):
-                ca = query.get("ssl_ca_certs", [None])[0]
-                context = ssl.create_default_context(cafile=ca) if parts.scheme == "rediss" else None
-                await loop.create_connection(lambda: protocol, parts.hostname or "localhost", parts.port or 6379, ssl=context)
-                db = parts.path.strip("/") or query.get("db", ["0"])[0]
-            else:
-                raise ValueError(f"{parts.scheme}:// is not supported (yet): {', '.join(s + '://' for s in SCHEMES)}")
+        username, password = None, None
+        if url.startswith("redis+sentinel://"):
+            sentinel = SentinelUrl.parse(url)
+            host, port = await cls._master(sentinel, give_up_after)
+            async with asyncio.timeout(give_up_after):
+                await loop.create_connection(lambda: protocol, host, port)
+            db, username, password = sentinel.db, sentinel.username, sentinel.password
+        else:
+            parts = urlsplit(url)
+            query = parse_qs(parts.query)
+            async with asyncio.timeout(give_up_after):
+                if parts.scheme == "unix":
+                    await loop.create_unix_connection(lambda: protocol, unquote(parts.path))
+                    db = query.get("db", ["0"])[0]
+                elif parts.scheme in ("redis", "rediss"):
+                    ca = query.get("ssl_ca_certs", [None])[0]
+                    context = ssl.create_default_context(cafile=ca) if parts.scheme == "rediss" else None
+                    await loop.create_connection(lambda: protocol, parts.hostname or "localhost", parts.port or 6379, ssl=context)
+                    db = parts.path.strip("/") or query.get("db", ["0"])[0]
+                else:
+                    raise ValueError(f"{parts.scheme}:// is not supported: {', '.join(s + '://' for s in SCHEMES)}")
+            username = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password) if parts.password is not None else None
         try:
-            if parts.password is not None:
-                user = [unquote(parts.username)] if parts.username else []
-                await protocol.call("AUTH", *user, unquote(parts.password))
+            if password is not None:
+                await protocol.call("AUTH", *([username] if username else []), password)
             if db != "0":
                 await protocol.call("SELECT", db)
+            if url.startswith("redis+sentinel://"):
+                role = await protocol.call("ROLE")
+                if not (isinstance(role, list) and role and role[0] == b"master"):
+                    raise StoreError(f"the sentinels name {host}:{port} as the master, but it is not (yet)")
         except BaseException:
             protocol.close()
             raise
         return protocol
+
+    @classmethod
+    async def _master(cls, url: SentinelUrl, give_up_after: float) -> tuple[str, int]:
+        """Where the sentinels say the master is: the first that answers is believed."""
+        loop = asyncio.get_running_loop()
+        failures: list[str] = []
+        for host, port in url.sentinels:
+            sentinel = cls(give_up_after)
+            try:
+                async with asyncio.timeout(give_up_after):
+                    await loop.create_connection(lambda sentinel=sentinel: sentinel, host, port)  # type: ignore[misc]
+                if url.sentinel_password is not None:
+                    await sentinel.call("AUTH", url.sentinel_password)
+                found = await sentinel.call("SENTINEL", "get-master-addr-by-name", url.service)
+            except (OSError, StoreError) as exc:
+                failures.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                continue
+            finally:
+                sentinel.close()
+            match found:
+                case [bytes() as master, bytes() as master_port] if master_port.isdigit():
+                    return master.decode(), int(master_port)
+            failures.append(f"{host}:{port}: no master named {url.service!r}")
+        raise ConnectionError(f"no sentinel gave the master {url.service!r}: {'; '.join(failures)}")
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 

@@ -289,17 +289,6 @@ async def test_tls(gateways: Gateways, caplog: pytest.LogCaptureFixture) -> None
         assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
 
 
-async def test_a_url_scheme_not_supported_is_said(caplog: pytest.LogCaptureFixture) -> None:
-    store = RedisStore()
-    await store.configure(State(redis="redis+sentinel://192.0.2.1:26379/mymaster/0"))
-    try:
-        assert store.up is False
-        assert "redis+sentinel:// is not supported (yet)" in caplog.text
-        assert await store.counters("IncomingMail").take("rcpts", ADDRESS, 1)  # per process
-    finally:
-        await store.close()
-
-
 # -- whole SMTP sessions: two listeners (gateways) on loopback, each on its own store client ----
 
 

@@ -135,3 +135,70 @@ def running_redis(address: str | None = None, ns: Netns | None = None, options: 
 def redis_server() -> Iterator[RedisServer]:
     with running_redis() as server:
         yield server
+
+
+@dataclass
+class SentinelSetup:
+    """A master, its replica and one sentinel watching them (quorum 1), each on its own address."""
+
+    master: RedisServer
+    replica: RedisServer
+    address: str
+    port: int
+    directory: str
+    service: str = "npmaster"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://{self.address}:{self.port}/{self.service}/0"
+
+    def ask(self, *command: str) -> str:
+        """One command to the sentinel through redis-cli: its raw output."""
+        return subprocess.run(["redis-cli", "-h", self.address, "-p", str(self.port), *command],
+                              capture_output=True, text=True, timeout=5).stdout
+
+    def start(self) -> None:
+        config = os.path.join(self.directory, "sentinel.conf")
+        with open(config, "w") as out:  # the sentinel rewrites its file: one of its own
+            out.write(f"port {self.port}\nbind {self.address}\nprotected-mode no\ndaemonize no\n"
+                      f"dir {self.directory}\nlogfile {os.path.join(self.directory, 'sentinel.log')}\n"
+                      f"sentinel monitor {self.service} {self.master.address} {self.master.port} 1\n"
+                      f"sentinel down-after-milliseconds {self.service} 1000\n"
+                      f"sentinel failover-timeout {self.service} 10000\n")
+        self.process = subprocess.Popen([REDIS_SERVER, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: f"{self.replica.address}" in self.ask("SENTINEL", "replicas", self.service),
+                   "the sentinel to know the master and its replica", timeout=15, ignoring=(OSError, subprocess.SubprocessError))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def _replicating(replica: RedisServer) -> bool:
+    found = subprocess.run(["redis-cli", "-h", replica.address, "-p", str(replica.port), "INFO", "replication"],
+                           capture_output=True, text=True, timeout=5).stdout
+    return "master_link_status:up" in found
+
+
+@contextmanager
+def running_sentinel() -> Iterator[SentinelSetup]:
+    """A master, a replica of it and a sentinel, all on loopback addresses of their own; killed and
+    removed on exit. The replica announces its own address: the master would otherwise report the
+    connection's source, 127.0.0.1, where the replica does not listen."""
+    with running_redis() as master:
+        base = master.address.rpartition(".")[0]
+        replica_address = f"{base}.{int(master.address.rpartition('.')[2]) % 250 + 2}"
+        options = ("--replicaof", master.address, str(master.port), "--replica-announce-ip", replica_address)
+        with running_redis(replica_address, options=options) as replica:
+            wait_until(lambda: _replicating(replica), "the replica to follow the master", ignoring=(OSError,))
+            sentinel_address = f"{base}.{int(replica_address.rpartition('.')[2]) % 250 + 2}"
+            directory = tempfile.mkdtemp(prefix="np-sentinel-")
+            setup = SentinelSetup(master, replica, sentinel_address, _free_port(sentinel_address), directory)
+            try:
+                setup.start()
+                yield setup
+            finally:
+                setup.stop()
+                shutil.rmtree(directory, ignore_errors=True)
