@@ -196,6 +196,13 @@ backend_option = click.option(
     help="Kernel backend (auto: nftables whenever nf_tables works, else legacy iptables).",
 )
 
+runtime_option = click.option(
+    "--runtime-file", "runtime_file", envvar="NETPOLICY_RUNTIME_FILE", show_envvar=True, type=click.Path(dir_okay=False),
+    help="Where serve --workers lists its workers for status [default: $RUNTIME_DIRECTORY/serve.json, "
+         "/run/netpolicy/serve.json as root, else in $XDG_RUNTIME_DIR or /tmp].")
+mail_log_option = click.option("--mail-log", "mail_log", type=click.Path(dir_okay=False),
+                               help="Mail log file (default: standard error).")
+
 
 @contextlib.contextmanager
 def kernel_errors() -> Iterator[None]:
@@ -276,11 +283,13 @@ def apply_cmd(policy_path: str, backend_name: str, check: bool, verbose: bool) -
               help="Instead: the gateways sharing the policy's state store (listeners, generation, last seen). Exit 2 when "
                    "one runs another generation than this host's policy file or than the majority, 1 when the store "
                    "cannot be read.")
-def status_cmd(policy_path: str, backend_name: str, as_json: bool, fleet: bool) -> None:
-    """Backend, policy generation, set sizes and refusal counters per listener."""
+@runtime_option
+def status_cmd(policy_path: str, backend_name: str, as_json: bool, fleet: bool, runtime_file: str | None) -> None:
+    """Backend, policy generation, set sizes and refusal counters per listener; serve's workers."""
     if fleet:
         fleet_status(policy_path, as_json)
         return
+    from netpolicy.daemon.workers import default_runtime_file, read_runtime
     from netpolicy.kernel import select_backend
     from netpolicy.model.compiler import compile_policy
 
@@ -290,16 +299,31 @@ def status_cmd(policy_path: str, backend_name: str, as_json: bool, fleet: bool) 
         result = backend.status(plan)
         promoted = backend.promoted()
         learned = backend.learned()
+    runtime = read_runtime(runtime_file or default_runtime_file())
+    workers = [] if runtime is None else runtime["workers"]
     if as_json:
         print_json({**result.as_json(), **{kind: [
             {"listener": held.listener, "address": held.address, "expires_in": round(held.expires_in)} for held in hosts
-        ] for kind, hosts in (("promoted", promoted), ("learned", learned))}})
+        ] for kind, hosts in (("promoted", promoted), ("learned", learned))}, "workers": workers})
     else:
         for line in result.lines():
             click.echo(line)
         for kind, hosts in (("promoted", promoted), ("learned", learned)):
             for held in hosts:
                 click.echo(f"{kind}: {held.address} on {held.listener} ({held.expires_in:.0f} s left)")
+        for worker in workers:
+            click.echo(worker_line(worker))
+
+
+def worker_line(worker: dict[str, Any]) -> str:
+    """One worker of serve --workers as status prints it."""
+    import time
+
+    if not worker.get("running"):
+        return f"worker {worker.get('slot')}: starting (restarted {worker.get('restarts', 0)} times)"
+    return (f"worker {worker.get('slot')}: pid {worker.get('pid')}, generation {worker.get('generation')}, "
+            f"up {max(0.0, time.time() - float(worker.get('started') or 0)):.0f} s, {worker.get('connections', 0)} connections, "
+            f"restarted {worker.get('restarts', 0)} times")
 
 
 def fleet_status(policy_path: str, as_json: bool) -> None:
@@ -373,20 +397,46 @@ def import_hat_cmd(export: Any, listener_name: str, address: str, port: int, hos
 @cli.command()
 @policy_option
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--mail-log", "mail_log", type=click.Path(dir_okay=False), help="Mail log file (default: standard error).")
+@mail_log_option
 @click.option("--verbose-connections", is_flag=True, help="Log each kernel refusal as ICID 0 TCPREFUSE (via NFLOG).")
 @click.option("--metrics", metavar="ADDR:PORT", help="Expose Prometheus metrics there.")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60), help="Reconciler and file-watch interval (s).")
 @click.option("--full-sync", "full_sync", metavar="SECONDS", default=300.0, show_default=True, type=click.FloatRange(1, 86400),
               help="Read everything netpolicy owns in the kernel this often, not only set sizes (drift that keeps a set's size).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="SMTP worker processes on the same sockets (SO_REUSEPORT) beside one process for the kernel; "
+                   "more than 1 needs the policy's state block.")
+@runtime_option
 def serve(policy_path: str, backend: str, mail_log: str | None, verbose_connections: bool, metrics: str | None, interval: float,
-          full_sync: float) -> None:
+          full_sync: float, workers: int, runtime_file: str | None) -> None:
     """Listeners and kernel on one policy generation; SIGHUP or a file change reloads."""
     from netpolicy.daemon.serve import ServeOptions
     from netpolicy.daemon.serve import serve as run_daemon
 
-    options = ServeOptions(policy_path, backend, mail_log, verbose_connections, metrics, interval, interval, full_sync)
-    sys.exit(run_daemon(options))
+    options = ServeOptions(policy_path, backend, mail_log, verbose_connections, metrics, interval, interval, full_sync,
+                           workers, runtime_file)
+    if workers == 1:
+        sys.exit(run_daemon(options))
+    from netpolicy.daemon.workers import serve_workers
+
+    sys.exit(serve_workers(options))
+
+
+@cli.command(name="serve-worker", hidden=True)
+@policy_option
+@mail_log_option
+@click.option("--control", type=int, required=True, help="The control channel's file descriptor.")
+@click.option("--slot", type=int, required=True)
+@click.option("--first-id", "first_id", type=int, required=True)
+@click.option("--id-step", "id_step", type=int, required=True)
+@click.option("--kernel/--no-kernel", default=True)
+def serve_worker(policy_path: str, mail_log: str | None, control: int, slot: int, first_id: int, id_step: int,
+                 kernel: bool) -> None:
+    """One SMTP worker of serve --workers (started by serve itself)."""
+    from netpolicy.daemon.serve import ServeOptions
+    from netpolicy.daemon.workers import run_worker
+
+    sys.exit(run_worker(ServeOptions(policy_path, mail_log=mail_log), control, slot, first_id, id_step, kernel))
 
 
 @cli.command()

@@ -46,6 +46,7 @@ class DaemonView:
     learn_skipped: Mapping[str, int] = field(default_factory=dict)  # listener -> not learned: cap reached
     shared_published: Mapping[str, int] = field(default_factory=dict)  # kind -> refusals published to the fleet
     shared_applied: Mapping[str, int] = field(default_factory=dict)  # kind -> refusals of other gateways applied
+    worker_restarts: int | None = None  # None: serve runs no worker processes (``--workers 1``)
 
 
 def _by_label(family: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
@@ -114,6 +115,9 @@ class DaemonCollector(Collector):
                         "Promotions and learned refusals published to the other gateways", ["kind"], v.shared_published)
         yield _by_label(CounterMetricFamily, "netpolicy_shared_refusals_applied",
                         "Promotions and learned refusals of other gateways put into this kernel", ["kind"], v.shared_applied)
+        if v.worker_restarts is not None:
+            yield CounterMetricFamily("netpolicy_worker_restarts", "SMTP worker processes that ended and were started again",
+                                      value=v.worker_restarts)
         store_up = v.state_store_up()
         if store_up is not None:
             yield GaugeMetricFamily("netpolicy_state_store_up", "1 while limits are shared through the state store, 0 while per process",

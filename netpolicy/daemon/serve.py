@@ -55,7 +55,8 @@ from netpolicy.kernel.base import Backend, has_net_admin
 from netpolicy.kernel.layout import listener_id
 from netpolicy.kernel.learning import Learner, learn_seconds
 from netpolicy.kernel.nflog import NflogReader
-from netpolicy.kernel.promotion import OffenceTracker
+from netpolicy.kernel.promotion import WINDOW as OFFENCE_WINDOW
+from netpolicy.kernel.promotion import OffenceTracker, PromotionDecision
 from netpolicy.kernel.reconciler import Reconciler
 from netpolicy.kernel.values import KernelError
 from netpolicy.model import Policy, PolicyError, load_policy
@@ -64,6 +65,7 @@ from netpolicy.model.compiler import compile_policy
 from netpolicy.model.fileid import FileId, file_id
 from netpolicy.model.hat import Decision, HatIndex, build_hat_indexes
 from netpolicy.model.plan import KernelPlan
+from netpolicy.smtp.counters import Counters
 from netpolicy.smtp.listener import SmtpListener
 from netpolicy.smtp.services import SessionLimits
 from netpolicy.smtp.spool import ByteBudget
@@ -89,6 +91,8 @@ class ServeOptions:
     reconcile_interval: float = 1.0
     watch_interval: float = 0.5  # a few stat() calls: a changed list reaches the kernel within a second
     full_sync: float = 300.0  # seconds between full reads of the kernel (see Reconciler)
+    workers: int = 1  # SMTP processes (netpolicy.daemon.workers); 1: this process serves SMTP itself
+    runtime_file: str | None = None  # where a serve with workers lists them for ``status``
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,11 @@ def _signature(paths: tuple[str, ...]) -> Signature:
 
 
 class Daemon:
-    def __init__(self, options: ServeOptions) -> None:
+    reuse_port = False  # listening sockets shared with other processes (SO_REUSEPORT workers)
+
+    def __init__(self, options: ServeOptions, maillog: MailLog | None = None) -> None:
         self.options = options
-        self.maillog = MailLog(options.mail_log)
+        self.maillog = maillog or MailLog(options.mail_log)
         self.resolver = DnsResolver()
         self.offences = OffenceTracker()
         self.learner = Learner()
@@ -158,6 +164,10 @@ class Daemon:
             for problem in exc.problems:
                 log.error("%s", problem)
             return 1
+        refused = self._refuses(prepared.policy)
+        if refused is not None:
+            log.error("%s", refused)
+            return 1
         self._watch_files_of(prepared.policy)
         self._select_backend()
         plan = prepared.plan
@@ -176,15 +186,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            loops = [self._supervise("policy watcher", self._watch)]
-            if self.reconciler is not None:
-                reconciler = self.reconciler
-                loops.append(self._supervise("reconciler", lambda: reconciler.run(self.options.reconcile_interval)))
-                loops.append(self._supervise("kernel counters", self._read_kernel_counters))
-                loops.append(self._supervise("learned refusals", lambda: self.learner.run(self.shared.sink(reconciler))))
-            loops.append(self._supervise("fleet heartbeat", self._heartbeat))
-            if self.options.verbose_connections and self.backend is not None:
-                loops.append(self._supervise("NFLOG reader", self._read_nflog))
+            loops = self._loops()
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -197,7 +199,7 @@ class Daemon:
             notify("STOPPING=1")
             for sig in (signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
-            await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            await self._stop_serving()
             await self.shared.close()
             await withdraw(self.state, socket.gethostname(), os.getpid())
             await self.state.close()
@@ -209,6 +211,27 @@ class Daemon:
         return 0
 
     # -- background work ------------------------------------------------------------------------
+
+    def _loops(self) -> list[asyncio.Task[None]]:
+        """Start the daemon's background loops (in its task group)."""
+        loops = [self._supervise("policy watcher", self._watch)]
+        if self.reconciler is not None:
+            reconciler = self.reconciler
+            loops.append(self._supervise("reconciler", lambda: reconciler.run(self.options.reconcile_interval)))
+            loops.append(self._supervise("kernel counters", self._read_kernel_counters))
+            loops.append(self._supervise("learned refusals", lambda: self.learner.run(self.shared.sink(reconciler))))
+        loops.append(self._supervise("fleet heartbeat", self._heartbeat))
+        if self.options.verbose_connections and self.backend is not None:
+            loops.append(self._supervise("NFLOG reader", self._read_nflog))
+        return loops
+
+    async def _stop_serving(self) -> None:
+        """SIGTERM: stop accepting; open sessions finish under ``SmtpListener.stop``'s grace."""
+        await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+
+    def _refuses(self, policy: Policy) -> str | None:
+        """Why this daemon cannot run ``policy`` at all (None: it can)."""
+        return None
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         """Run ``work`` in the daemon's task group: awaited before serve exits, never dropped."""
@@ -275,12 +298,22 @@ class Daemon:
         log.info("kernel at policy generation %s (%d element changes, %.3f s)", plan.generation, changes, elapsed)
 
     async def _install(self, prepared: _Prepared) -> None:
-        """Make the listeners serve ``policy``: swap, start new, stop removed or rebound ones."""
+        """Put ``prepared`` in force: the state store, the scanner, the listeners (``_serve``)."""
         policy, plan, hats = prepared.policy, prepared.plan, prepared.hats
-        wanted = {lst.name: lst for lst in policy.listeners}
         await self.state.configure(policy.state)
         await self.shared.configure(policy.state, self.reconciler)
         self.scanner.settings = policy.scanner  # sessions read it at each message's end of DATA
+        await self._serve(prepared)
+        if self.view.generation != plan.generation:
+            self.learner.forget()  # the kernel apply has emptied the learned sets
+        self.policy, self.hats = policy, hats
+        self.view.generation = plan.generation
+        self._spawn(self._announce())  # the fleet sees the new generation now, not at the next heartbeat
+
+    async def _serve(self, prepared: _Prepared) -> None:
+        """The listeners' part of an install: swap, start new, stop removed or rebound ones."""
+        policy, hats = prepared.policy, prepared.hats
+        wanted = {lst.name: lst for lst in policy.listeners}
         for name, smtp in list(self.listeners.items()):
             new = wanted.get(name)
             if new is None or (new.address, new.port) != (smtp.listener.address, smtp.listener.port):
@@ -296,15 +329,10 @@ class Daemon:
                                 on_offence=self._on_offence,
                                 on_refusal=self._on_refusal, fds=self.view.fds, budget=self.budget,
                                 scanner=self.scanner)
-            await smtp.start()
+            await smtp.start(reuse_port=self.reuse_port)
             self.listeners[name] = smtp
             self.view.listeners[name] = smtp.stats
             log.info("listener %s on %s port %d", name, listener.address, listener.port)
-        if self.view.generation != plan.generation:
-            self.learner.forget()  # the kernel apply has emptied the learned sets
-        self.policy, self.hats = policy, hats
-        self.view.generation = plan.generation
-        self._spawn(self._announce())  # the fleet sees the new generation now, not at the next heartbeat
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -329,6 +357,10 @@ class Daemon:
                 log.error("reload (%s) refused, policy unchanged: %s", why, problem)
             return False
         self._watch_files_of(prepared.policy)
+        refused = self._refuses(prepared.policy)
+        if refused is not None:
+            log.error("reload (%s) refused, policy unchanged: %s", why, refused)
+            return False
         plan = prepared.plan
         if self.policy is not None and plan.generation == self.view.generation:
             log.info("reload (%s): policy generation %s unchanged", why, plan.generation)
@@ -398,12 +430,12 @@ class Daemon:
         except OSError as exc:
             log.error("verbose connection logging unavailable: %s", exc)
             return
-        by_id = {listener_id(name): name for name in self.listeners}
+        by_id = {listener_id(name): name for name in self.hats}  # the listeners may be in worker processes
         try:
             async for packet in reader:
                 name = by_id.get(packet.prefix.removeprefix("netpolicy:"))
                 if name is None:
-                    by_id = {listener_id(n): n for n in self.listeners}
+                    by_id = {listener_id(n): n for n in self.hats}
                     name = by_id.get(packet.prefix.removeprefix("netpolicy:"))
                 hat = self.hats.get(name or "")
                 if hat is None:
@@ -417,27 +449,52 @@ class Daemon:
         finally:
             reader.close()
 
+    def _enforces(self) -> bool:
+        """Whether this daemon's refusals reach a kernel (promotions, learned refusals)."""
+        return self.reconciler is not None
+
     def _on_offence(self, address: str, decision: Decision, kind: str) -> None:
-        """A REJECT, DHAP or rate-limit hit: promote the host into the kernel past its threshold."""
+        """A REJECT, DHAP or rate-limit hit: promote the host into the kernel past its threshold.
+
+        With a state store, offences are counted there (the listener's ``hit("offence")``), so
+        those a host spreads over workers and gateways add up; the store counts atomically, so
+        exactly one process sees the count reach each multiple of ``promote_after`` and promotes
+        (a fresh run of offences for the next one, as ``OffenceTracker`` starts afresh). Without
+        a store, this process's ``OffenceTracker``."""
         policy = decision.policy
-        promotion = self.offences.record(decision.listener, address, policy.promote_after, policy.promote_for)
-        reconciler = self.reconciler
-        if promotion is None or reconciler is None:
+        if policy.promote_after is None or not self._enforces():
             return
+        smtp = self.listeners.get(decision.listener)
+        if self.state.state is not None and smtp is not None:
+            self._spawn(self._count_offence(smtp.counters, address, decision, kind))
+            return
+        promotion = self.offences.record(decision.listener, address, policy.promote_after, policy.promote_for)
+        if promotion is not None:
+            self._spawn(self._promote(promotion, kind))
 
-        async def promote() -> None:
-            try:
-                await asyncio.to_thread(reconciler.promote, promotion.listener, promotion.address, promotion.seconds)
-            except Exception as exc:  # a failed promotion must not end the task group
-                log.error("could not promote %s: %s", promotion.address, exc)
-                return
-            self.view.promotions[promotion.listener] = self.view.promotions.get(promotion.listener, 0) + 1
-            log.info("promoted %s on %s into the kernel for %d s after %d offences (last: %s)",
-                     promotion.address, promotion.listener, promotion.seconds, promotion.offences, kind)
-            await self.shared.publish("promoted", promotion.listener, promotion.address, promotion.seconds, self.view.generation)
+    async def _count_offence(self, counters: Counters, address: str, decision: Decision, kind: str) -> None:
+        policy = decision.policy
+        assert policy.promote_after is not None
+        offences = await counters.hit("offence", address, OFFENCE_WINDOW)
+        if offences % policy.promote_after == 0:
+            await self._promote(PromotionDecision(decision.listener, address, policy.promote_for, offences), kind)
 
-        self._spawn(promote())
+    async def _promote(self, promotion: PromotionDecision, kind: str) -> None:
+        """Into this kernel, then tell the fleet."""
+        reconciler = self.reconciler
+        assert reconciler is not None
+        try:
+            await asyncio.to_thread(reconciler.promote, promotion.listener, promotion.address, promotion.seconds)
+        except Exception as exc:  # a failed promotion must not end the task group
+            log.error("could not promote %s: %s", promotion.address, exc)
+            return
+        self._promoted(promotion, kind, "into the kernel")
+        await self.shared.publish("promoted", promotion.listener, promotion.address, promotion.seconds, self.view.generation)
 
+    def _promoted(self, promotion: PromotionDecision, kind: str, where: str) -> None:
+        self.view.promotions[promotion.listener] = self.view.promotions.get(promotion.listener, 0) + 1
+        log.info("promoted %s on %s %s for %d s after %d offences (last: %s)",
+                 promotion.address, promotion.listener, where, promotion.seconds, promotion.offences, kind)
 
     def _on_refusal(self, address: str, decision: Decision, hat: HatIndex) -> None:
         """A userland TCPREFUSE: learn it into the kernel when it rests on DNS answers. Only a
@@ -445,7 +502,7 @@ class Daemon:
         its swap of the listeners, the old HAT is still current but the reconciler drops what
         was decided under the old generation."""
         policy = self.policy
-        if self.reconciler is None or policy is None or self.hats.get(decision.listener) is not hat:
+        if not self._enforces() or policy is None or self.hats.get(decision.listener) is not hat:
             return
         seconds = learn_seconds(decision, hat.listener, policy.learn_refusals)
         if seconds is not None:

@@ -1,0 +1,203 @@
+"""``netpolicy serve --workers 2`` for real: a gateway namespace with nftables, a real redis-server
+on the bridge (SPEC.md section 10, issue 15 item 3).
+
+Which worker served a connection shows in the mail log: worker k hands out ids k+1, k+1+2, ...
+(``first_id``/``id_step``), so an ICID's parity names its worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fleet import Fleet, fleet, syn_probe
+from tests.support.redis import RedisServer, running_redis
+from tests.support.serve import NETPOLICY, Served
+from tests.support.serve_policy import PORT, REJECTED, policy_text
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.netns
+
+PROMOTE_AFTER = 4
+
+
+@dataclass
+class Setup:
+    net: Fleet
+    store: RedisServer | None
+    tmp: Path
+    offender: str
+    served: Served
+
+    def policy(self, hostname: str = "mx.example.test", state: bool = True) -> str:
+        text = policy_text(self.net.gateway_v4(0), self.tmp / "maildir").replace(
+            f"REJECTLIST: [{REJECTED}]", f"REJECTLIST: [{self.offender}]").replace(
+            "promote_after: 3, promote_for: 3", f"promote_after: {PROMOTE_AFTER}, promote_for: 60").replace(
+            "ACCEPTED: {behavior: accept}", "ACCEPTED: {behavior: accept, max_concurrency: 2}").replace(
+            "hostname: mx.example.test", f"hostname: {hostname}")
+        if state and self.store is not None:
+            text += f"state: {{redis: '{self.store.url}', prefix: 'workers:'}}\n"
+        return text
+
+    @property
+    def runtime(self) -> Path:
+        return self.tmp / "serve.json"
+
+    def args(self) -> list[str]:
+        s = self.served
+        return [NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log), "--interval", "0.2",
+                "--workers", "2", "--runtime-file", str(self.runtime)]
+
+    def status(self) -> dict[str, Any]:
+        found = self.served.pair.server.exec([NETPOLICY, "status", "--json", "-p", str(self.served.policy),
+                                              "--runtime-file", str(self.runtime)])
+        data: dict[str, Any] = json.loads(found.stdout)
+        return data
+
+    def generations(self) -> set[str]:
+        """Read from serve's runtime file (status itself needs a policy file that loads)."""
+        return {w["generation"] for w in json.loads(self.runtime.read_text())["workers"]}
+
+    def banner(self, source: str | None = None) -> str:
+        """The first line a client gets."""
+        with self.net.network.connect((self.net.gateway_v4(0), PORT), source=source) as sock:
+            return sock.makefile("rb").readline().decode()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with fleet(1) as net, running_redis(net.network_v4, ns=net.network) as store:
+        made = Setup(net, store, tmp_path, net.add_client_address(77), Served(net.gateway(0), tmp_path))
+        made.served.write_policy(text=made.policy())
+        try:
+            made.served.launch(made.args())
+            yield made
+        finally:
+            made.served.stop()
+        assert "Traceback" not in made.served.stderr_text()
+
+
+def _message(sock: socket.socket, tag: str) -> None:
+    lines = sock.makefile("rb")
+    assert lines.readline().startswith(b"220")
+    for command in ("EHLO client.test", "MAIL FROM:<a@sender.test>", f"RCPT TO:<{tag}@example.test>", "DATA"):
+        sock.sendall(command.encode() + b"\r\n")
+        while (reply := lines.readline())[3:4] == b"-":
+            pass
+        assert reply[:1] in (b"2", b"3"), (command, reply)
+    sock.sendall(f"Subject: {tag}\r\n\r\nhello\r\n.\r\nQUIT\r\n".encode())
+    assert lines.readline().startswith(b"250")
+
+
+def _icids(log: str, address: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"New SMTP ICID (\d+) .* address {re.escape(address)} ", log)]
+
+
+def test_both_workers_serve_and_ids_never_collide(setup: Setup) -> None:
+    net = setup.net
+    for i in range(40):
+        with net.network.connect((net.gateway_v4(0), PORT)) as sock:
+            _message(sock, f"m{i}")
+    wait_until(lambda: sum(w["connections"] for w in setup.status()["workers"]) == 40, "the workers to report 40 connections")
+    workers = setup.status()["workers"]
+    assert len({w["pid"] for w in workers}) == 2
+    assert all(w["connections"] > 0 for w in workers), workers
+    log = setup.served.log_text()
+    mids = [int(n) for n in re.findall(r"Start MID (\d+)", log)]
+    assert len(mids) == 40 and len(set(mids)) == 40
+    assert {mid % 2 for mid in mids} == {0, 1}  # both lanes: both workers
+    text = setup.served.pair.server.exec([NETPOLICY, "status", "-p", str(setup.served.policy),
+                                          "--runtime-file", str(setup.runtime)]).stdout
+    for w in workers:
+        assert f"worker {w['slot']}: pid {w['pid']}, generation {w['generation']}" in text
+
+
+def test_max_concurrency_holds_across_the_workers(setup: Setup) -> None:
+    net = setup.net
+    source = net.add_client_address(50)
+    socks = [net.network.connect((net.gateway_v4(0), PORT), source=source) for _ in range(8)]
+    try:
+        codes = [sock.makefile("rb").readline()[:3] for sock in socks]
+        assert codes.count(b"220") == 2, codes  # per process it would be 2 on each worker
+        assert set(codes) == {b"220", b"421"}, codes
+        lanes = {n % 2 for n in _icids(setup.served.log_text(), source)}
+        assert lanes == {0, 1}, "all 8 connections landed on one worker"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_reload_reaches_every_worker_and_a_broken_policy_changes_nothing(setup: Setup) -> None:
+    served = setup.served
+    before = setup.status()["workers"][0]["generation"]
+    served.write_policy(text=setup.policy(hostname="mx2.example.test"))
+    wait_until(lambda: len(g := setup.generations()) == 1 and before not in g, "both workers on the new generation",
+               timeout=10)
+    after = setup.generations()
+    banners = [setup.banner() for _ in range(20)]
+    assert all("mx2.example.test" in b for b in banners), banners
+    lanes = {n % 2 for n in _icids(served.log_text(), setup.net.network_v4)[-20:]}
+    assert lanes == {0, 1}
+
+    served.write_policy(text="version: 1\nlisteners: [\n")
+    wait_until(lambda: "refused, policy unchanged" in served.stderr_text(), "the broken policy to be refused")
+    time.sleep(1.5)
+    assert setup.generations() == after
+    assert all("mx2.example.test" in setup.banner() for _ in range(10))
+
+
+def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup) -> None:
+    first = setup.status()["workers"]
+    victim = first[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    answered = [setup.banner()[:3] for _ in range(20)]
+    assert answered == ["220"] * 20, answered
+    wait_until(lambda: (w := setup.status()["workers"][0])["running"] and w["pid"] != victim["pid"], "worker 0 restarted",
+               timeout=10)
+    now = setup.status()["workers"]
+    assert now[0]["restarts"] == 1 and now[1]["pid"] == first[1]["pid"]
+    assert "worker 0 (pid %d) ended with status -9" % victim["pid"] in setup.served.stderr_text()
+    for i in range(20):
+        with setup.net.network.connect((setup.net.gateway_v4(0), PORT)) as sock:
+            _message(sock, f"r{i}")
+    mids = [int(n) for n in re.findall(r"Start MID (\d+)", setup.served.log_text())]
+    assert len(mids) == len(set(mids)) == 20
+
+
+def test_offences_spread_over_the_workers_promote_the_host(setup: Setup) -> None:
+    probe = lambda: syn_probe(setup.net.network, setup.offender, setup.net.gateway_v4(0), PORT, timeout=0.2)  # noqa: E731
+    assert probe() == "open"
+    for _ in range(PROMOTE_AFTER):
+        assert setup.banner(setup.offender)[:3] == "554"
+    wait_until(lambda: probe() == "refused", "the host refused at SYN", timeout=2)
+    icids = _icids(setup.served.log_text(), setup.offender)
+    assert len(icids) == PROMOTE_AFTER
+    if {n % 2 for n in icids} != {0, 1}:
+        pytest.skip("every offence landed on one worker this time")  # 2 in 2**PROMOTE_AFTER runs
+    status = setup.status()
+    assert [(p["address"], p["listener"]) for p in status["promoted"]] == [(setup.offender, "IncomingMail")]
+
+
+def test_more_than_one_worker_needs_state(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with fleet(1) as net:
+        made = Setup(net, None, tmp_path, net.add_client_address(77), Served(net.gateway(0), tmp_path))
+        made.served.write_policy(text=made.policy(state=False))
+        done = net.gateways[0].exec(made.args(), check=False)
+        assert done.returncode == 1
+        assert "serve --workers 2 needs a state block" in done.stderr
+        assert "netpolicy" not in net.gateways[0].exec(["nft", "list", "ruleset"]).stdout
+        assert not made.runtime.exists()
