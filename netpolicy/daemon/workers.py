@@ -99,10 +99,11 @@ def add_stats(total: ListenerStats, data: Mapping[str, Any]) -> None:
     for f in fields(total):
         value, got = getattr(total, f.name), data.get(f.name)
         if isinstance(value, Counter) and isinstance(got, list):
+            pairs = "tuple[str, str]" in str(f.type)  # keyed by (group, behaviour), not by one name
             for item in got:
-                if (isinstance(item, list) and len(item) >= 2 and type(item[-1]) is int
+                if (isinstance(item, list) and len(item) == (3 if pairs else 2) and type(item[-1]) is int
                         and all(isinstance(k, str) for k in item[:-1])):
-                    value[tuple(item[:-1]) if len(item) > 2 else item[0]] += item[-1]
+                    value[tuple(item[:-1]) if pairs else item[0]] += item[-1]
         elif type(value) is int and type(got) is int:
             setattr(total, f.name, value + got)
 

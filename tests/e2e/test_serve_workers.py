@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.netns
 
 PROMOTE_AFTER = 4
+METRICS = 9125
 
 
 @dataclass
@@ -56,7 +58,14 @@ class Setup:
     def args(self) -> list[str]:
         s = self.served
         return [NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log), "--interval", "0.2",
-                "--workers", "2", "--runtime-file", str(self.runtime)]
+                "--workers", "2", "--runtime-file", str(self.runtime), "--metrics", f"127.0.0.1:{METRICS}"]
+
+    def metric(self, name: str) -> float | None:
+        """One sample of the supervisor's /metrics (``name`` with its labels), None if absent."""
+        url = f"http://127.0.0.1:{METRICS}/metrics"
+        text = self.net.gateways[0].call(lambda: urllib.request.urlopen(url, timeout=2).read().decode())
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return None if found is None else float(found.group(1))
 
     def status(self) -> dict[str, Any]:
         found = self.served.pair.server.exec([NETPOLICY, "status", "--json", "-p", str(self.served.policy),
@@ -101,6 +110,14 @@ def _message(sock: socket.socket, tag: str) -> None:
     assert lines.readline().startswith(b"250")
 
 
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def _icids(log: str, address: str) -> list[int]:
     return [int(n) for n in re.findall(rf"New SMTP ICID (\d+) .* address {re.escape(address)} ", log)]
 
@@ -120,6 +137,8 @@ def test_both_workers_serve_and_ids_never_collide(setup: Setup) -> None:
     assert {mid % 2 for mid in mids} == {0, 1}  # both lanes: both workers
     ids = [int(n) for n in re.findall(r"New SMTP ICID (\d+)", log)] + mids
     assert len(set(ids)) == len(ids) == 80  # ICIDs and MIDs come from one counter per worker
+    wait_until(lambda: setup.metric('netpolicy_messages_total{listener="IncomingMail",outcome="accepted"}') == 40,
+               "the supervisor's metrics to sum both workers' messages")
     text = setup.served.pair.server.exec([NETPOLICY, "status", "-p", str(setup.served.policy),
                                           "--runtime-file", str(setup.runtime)]).stdout
     for w in workers:
@@ -168,6 +187,9 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup)
     first = setup.status()["workers"]
     victim = first[0]
     os.kill(victim["pid"], signal.SIGKILL)
+    # Connections queued on its socket at that moment die with it; once it has exited
+    # (a zombie until the supervisor reaps it), the kernel sends every SYN to the other worker.
+    wait_until(lambda: _gone(victim["pid"]), "the killed worker to exit")
     answered = [setup.banner()[:3] for _ in range(20)]
     assert answered == ["220"] * 20, answered
     wait_until(lambda: (w := setup.status()["workers"][0])["running"] and w["pid"] != victim["pid"], "worker 0 restarted",
@@ -175,6 +197,9 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup)
     now = setup.status()["workers"]
     assert now[0]["restarts"] == 1 and now[1]["pid"] == first[1]["pid"]
     assert "worker 0 (pid %d) ended with status -9" % victim["pid"] in setup.served.stderr_text()
+    assert setup.metric("netpolicy_worker_restarts_total") == 1
+    # what the killed worker counted stays in the sums
+    assert setup.metric('netpolicy_messages_total{listener="IncomingMail",outcome="accepted"}') == 10
     for i in range(20):
         with setup.net.network.connect((setup.net.gateway_v4(0), PORT)) as sock:
             _message(sock, f"r{i}")
@@ -183,8 +208,25 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup)
     assert len(ids) == len(set(ids))  # the restarted worker does not hand out its predecessor's ids
 
 
+def test_sigusr1_reopens_the_mail_log_in_every_worker(setup: Setup) -> None:
+    served = setup.served
+    rotated = served.mail_log.with_suffix(".1")
+    os.rename(served.mail_log, rotated)
+    served.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: served.mail_log.exists(), "the supervisor to reopen the mail log")
+    time.sleep(0.5)  # the workers get it over their control channels
+    for i in range(20):
+        with setup.net.network.connect((setup.net.gateway_v4(0), PORT)) as sock:
+            _message(sock, f"u{i}")
+    lanes = {int(n) % 2 for n in re.findall(r"Start MID (\d+)", served.log_text())}
+    assert lanes == {0, 1}
+    assert "Start MID" not in rotated.read_text()
+
+
 def test_offences_spread_over_the_workers_promote_the_host(setup: Setup) -> None:
-    probe = lambda: syn_probe(setup.net.network, setup.offender, setup.net.gateway_v4(0), PORT, timeout=0.2)  # noqa: E731
+    def probe() -> str:
+        return syn_probe(setup.net.network, setup.offender, setup.net.gateway_v4(0), PORT, timeout=0.2)
+
     assert probe() == "open"
     for _ in range(PROMOTE_AFTER):
         assert setup.banner(setup.offender)[:3] == "554"
