@@ -27,6 +27,7 @@ import asyncio
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TextIO
 
@@ -208,6 +209,14 @@ class MailLog:
             self.line(f"MID {mid} DMARC: Verification failed (domain {domain or '?'} policy {policy or '?'})")
         else:
             self.line(f"MID {mid} DMARC: {result}")
+
+    def forged_removed(self, mid: int, removed: Counter[str]) -> None:
+        """``MID 6 removed 2 forged header fields (X-Spam, Authentication-Results)``: fields a
+        sender wrote in our name, taken out before the checks' own were added (``removed``
+        counts them by name; field names are printable ASCII)."""
+        total = removed.total()
+        plural = "" if total == 1 else "s"
+        self.line(f"MID {mid} removed {total} forged header field{plural} ({', '.join(removed)})")
 
     def scan_refused(self, mid: int, reply: str) -> None:
         self.line(f"MID {mid} rejected by message checks: {reply}")

@@ -16,6 +16,8 @@ symbol is 554, a DMARC ``p=reject`` failure or the ``reject`` action 550, ``soft
 does not depend on rspamd's milter_headers configuration. Whatever comes back from rspamd
 (virus names, domains, its SMTP message) reaches the wire and the log only through
 ``_printable``/``_token``: a crafted signature domain must not end a header or a log line.
+Before a message passes with these, the session removes the ones a sender forged in our name
+(``claims_to_be_ours``; RFC 8601 section 5), so a filter after us reads only ours.
 
 Faults (rspamd down, slower than ``timeout``, a 5xx, an answer that is not rspamd's JSON, the
 connection closed mid-answer, an antivirus rule that could not reach its scanner) follow
@@ -32,7 +34,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -40,6 +42,7 @@ import aiohttp
 from netpolicy.model.effective import EffectivePolicy
 from netpolicy.model.policy import Scanner, split_rspamd_url
 from netpolicy.smtp.delivery import Reply
+from netpolicy.smtp.headers import HeaderField, authserv_id
 from netpolicy.smtp.maillog import MailLog
 from netpolicy.smtp.spool import Spool
 
@@ -57,6 +60,9 @@ _DMARC = {"DMARC_POLICY_ALLOW": "pass", "DMARC_POLICY_ALLOW_WITH_FAILURES": "pas
 _SPF_LOG = {"pass": "Pass", "fail": "Fail", "softfail": "SoftFail", "neutral": "Neutral", "none": "None",
             "temperror": "TempError", "permerror": "PermError"}
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,255}\Z")  # an RFC 8601 pvalue without quoting
+# The fields _judge writes, which a sender could forge to fool filters after us (X-Spam-Flag and
+# the like are other scanners' and stay).
+FORGEABLE = frozenset({"x-spam", "x-spam-score", "authentication-results"})
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -288,6 +294,23 @@ def _judge(settings: Scanner, checks: Checks, envelope: ScanEnvelope, answer: _A
             headers += f"X-Spam: Yes\r\nX-Spam-Score: {answer.score:.2f}\r\n"
             return Verdict("spam-marked", None, headers.encode("ascii"))
     return Verdict("clean", None, headers.encode("ascii"))
+
+
+def claims_to_be_ours(receiver: str) -> Callable[[HeaderField], bool]:
+    """Picks, among the ``FORGEABLE`` fields, those a sender may have forged in our name, to
+    remove before ours are added: ``X-Spam`` and ``X-Spam-Score``, and every
+    ``Authentication-Results`` carrying our authserv-id, which RFC 8601 section 5 says an MTA
+    must remove (other hosts' results stay). One whose authserv-id cannot be read within its
+    first ``headers.HEAD`` bytes could be ours, so it goes too."""
+    ours = receiver.lower()
+
+    def unwanted(f: HeaderField) -> bool:
+        if f.name.lower() != "authentication-results":
+            return True
+        found = authserv_id(f.value_head, f.whole)
+        return found is None or found == ours
+
+    return unwanted
 
 
 def _dkim(mid: int, symbols: Mapping[str, list[str]], maillog: MailLog) -> list[str]:

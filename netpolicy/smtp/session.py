@@ -54,7 +54,7 @@ from netpolicy.smtp.lines import (
     read_message,
 )
 from netpolicy.smtp.paths import parse_path
-from netpolicy.smtp.scanner import Checks, ScanEnvelope
+from netpolicy.smtp.scanner import FORGEABLE, Checks, ScanEnvelope, claims_to_be_ours
 from netpolicy.smtp.services import Generation, Services
 from netpolicy.smtp.spool import DATA_FLOOR, Spool
 
@@ -696,10 +696,8 @@ class PolicySMTP(SMTP):
             await self.push("554 5.6.0 Message content rejected: NUL character (RFC 5322 text excludes it)")
             return
         if problem is not None:  # "busy" or "storage": the client keeps the message and retries
-            refusal = storage_failed(data.error) if data.error is not None else Reply(452, "4.3.1 Insufficient system storage, try again later")
-            stats.messages_temp_failed += 1
-            maillog.receiving_failed(self.mid, self.icid, str(refusal))
-            await self._reply(refusal)
+            await self._not_held(storage_failed(data.error) if data.error is not None
+                                 else Reply(452, "4.3.1 Insufficient system storage, try again later"))
             return
         maillog.ready(self.mid, data.size, self.envelope.mail_from)
         assert self.decision is not None and self.session is not None
@@ -710,6 +708,13 @@ class PolicySMTP(SMTP):
             if verdict.reply is not None:
                 await self._reply(verdict.reply)
                 return
+            try:
+                forged = await spool.remove_header_fields(FORGEABLE, claims_to_be_ours(self.hostname))
+            except OSError as exc:  # the spool's disk is full
+                await self._not_held(storage_failed(exc))
+                return
+            if forged:
+                maillog.forged_removed(self.mid, forged)
             spool.prepend(verdict.headers)
         stats.messages_accepted += 1
         reply = await self.txn.deliver(spool)
@@ -723,6 +728,12 @@ class PolicySMTP(SMTP):
                 stats.messages_rejected += 1
             maillog.delivery_failed(self.mid, str(reply))
         await self._reply(reply)
+
+    async def _not_held(self, refusal: Reply) -> None:
+        """The message could not be held (no budget or no disk): the client keeps it and retries."""
+        self.services.stats.messages_temp_failed += 1
+        self.services.maillog.receiving_failed(self.mid, self.icid, str(refusal))
+        await self._reply(refusal)
 
     def _received_header(self) -> bytes:
         assert self.session is not None and self.envelope is not None

@@ -24,9 +24,15 @@ wait.
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+from netpolicy.smtp.headers import HeaderField, header_fields
 
 SPOOL_THRESHOLD = 256 * 1024
 BLOCK = 64 * 1024  # write and read size once spooled: few syscalls, little memory
@@ -88,8 +94,7 @@ class Spool:
         if self._file is None:
             if len(self._buffer) <= self.threshold:
                 return
-            with tempfile.TemporaryFile(dir=self.directory) as f:
-                self._file = os.dup(f.fileno())
+            self._file = _new_file(self.directory)
         if len(self._buffer) >= BLOCK:
             self._flush()
 
@@ -113,19 +118,58 @@ class Spool:
         what was prepended comes first."""
         if self._head:
             yield self._head
+        yield from self._held()
+
+    def _held(self) -> Iterator[bytes]:
+        """What was written, in blocks of at most ``BLOCK`` bytes."""
         if self._file is None:
             for start in range(0, len(self._buffer), BLOCK):
                 yield bytes(self._buffer[start:start + BLOCK])
             return
         if self._buffer:
             self._flush()
-        offset = 0
-        while True:
-            block = os.pread(self._file, BLOCK, offset)
-            if not block:
-                return
-            offset += len(block)
-            yield block
+        yield from _file_blocks(self._file)
+
+    async def remove_header_fields(self, names: frozenset[str], unwanted: Callable[[HeaderField], bool]) -> Counter[str]:
+        """Remove the header fields named one of ``names`` (in lower case) that ``unwanted``
+        picks, from what was written (not what was prepended), and give their bytes back to
+        the budget. Returns how many went by name, each name spelled as the first of its kind.
+
+        Only the header section is read, in blocks; the fields to remove are taken as they are
+        found, never listed whole. Nothing is copied unless a field goes: in memory the kept
+        pieces make a new buffer; a spooled message gets a new nameless file holding the kept
+        pieces, copied file to file by the kernel (``copy_file_range``), never through a
+        ``bytes`` of the whole message.
+
+        A spooled message's header section can be as large as the message: 10 MB of forged
+        one-line fields took 2.6 s to read, so that is done in a worker thread on a descriptor
+        of its own while the event loop serves the other sessions. The budget is settled back
+        in the loop (``ByteBudget`` is not thread-safe); when the session is cancelled
+        meanwhile (its client left), the thread's new file is closed once the thread ends.
+        """
+        removal = _Removal(names, unwanted)
+        if self._file is None:
+            gone = removal.ranges(self._held())
+            first = next(gone, None)
+            if first is not None:
+                kept = _complement(itertools.chain((first,), gone), self.size)
+                self._buffer = bytearray().join(self._buffer[start:end] for start, end in kept)
+        else:
+            if self._buffer:
+                self._flush()
+            work = asyncio.get_running_loop().run_in_executor(
+                None, _rewrite, os.dup(self._file), self.size, self.directory, removal)
+            try:
+                target = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                work.add_done_callback(_close_result)
+                raise
+            if target is not None:
+                os.close(self._file)
+                self._file = target
+        self.size -= removal.freed
+        self.budget.give(removal.freed)
+        return removal.removed
 
     def discard(self) -> None:
         """Drop everything held and give the bytes back; the spool can be written again."""
@@ -136,3 +180,82 @@ class Spool:
         if self._file is not None:
             os.close(self._file)
             self._file = None
+
+
+class _Removal:
+    """The fields to remove, as ranges of the message taken as they are found, and their tally."""
+
+    def __init__(self, names: frozenset[str], unwanted: Callable[[HeaderField], bool]) -> None:
+        self.names = names
+        self.unwanted = unwanted
+        self.removed: Counter[str] = Counter()
+        self.freed = 0
+        self._spelling: dict[str, str] = {}
+
+    def ranges(self, blocks: Iterable[bytes]) -> Iterator[tuple[int, int]]:
+        for f in header_fields(blocks, self.names):
+            if self.unwanted(f):
+                self.removed[self._spelling.setdefault(f.name.lower(), f.name)] += 1
+                self.freed += f.end - f.start
+                yield f.start, f.end
+
+
+def _rewrite(source: int, size: int, directory: str | None, removal: _Removal) -> int | None:
+    """The descriptor of a new spool file holding the ``size`` bytes of ``source`` but the
+    fields ``removal`` takes out, or None when none is; closes ``source`` (a worker thread's)."""
+    try:
+        gone = removal.ranges(_file_blocks(source))
+        first = next(gone, None)
+        if first is None:
+            return None
+        target = _new_file(directory)
+        try:
+            written = 0
+            for start, end in _complement(itertools.chain((first,), gone), size):
+                offset = start
+                while offset < end:
+                    n = os.copy_file_range(source, target, end - offset, offset, written)
+                    if n == 0:
+                        raise OSError(errno.EIO, "spool file shorter than what was written to it")
+                    offset += n
+                    written += n
+        except BaseException:
+            os.close(target)
+            raise
+        return target
+    finally:
+        os.close(source)
+
+
+def _close_result(work: asyncio.Future[int | None]) -> None:
+    """Close the file ``_rewrite`` made for a session that did not wait for it."""
+    if not work.cancelled() and work.exception() is None and (target := work.result()) is not None:
+        os.close(target)
+
+
+def _new_file(directory: str | None) -> int:
+    """A nameless file (``O_TMPFILE``) in ``directory``: a killed process leaves nothing behind."""
+    with tempfile.TemporaryFile(dir=directory) as f:
+        return os.dup(f.fileno())
+
+
+def _file_blocks(fd: int) -> Iterator[bytes]:
+    offset = 0
+    while True:
+        block = os.pread(fd, BLOCK, offset)
+        if not block:
+            return
+        offset += len(block)
+        yield block
+
+
+def _complement(removed: Iterable[tuple[int, int]], size: int) -> Iterator[tuple[int, int]]:
+    """The ranges of ``[0, size)`` between the ``removed`` ones (in order, not overlapping);
+    empty ones are left out."""
+    cursor = 0
+    for start, end in removed:
+        if start > cursor:
+            yield cursor, start
+        cursor = end
+    if size > cursor:
+        yield cursor, size

@@ -245,3 +245,45 @@ async def test_scanner_faults_follow_on_error(smtp_pair: NetPair, tmp_path: Path
             assert environment.log_lines(r"message checks failed: .*; passed on unscanned \(on_error accept\)$")
         assert len(fake.requests) == (0 if fault == "down" else 1)
         assert elapsed < 3.0  # the slow scanner is given up at its 0.5 s timeout
+
+
+def fields_named(stored: str, name: str) -> list[str]:
+    """Every header field of the stored message called ``name``, unfolded."""
+    lines = stored.split("\n\n", 1)[0].split("\n")
+    return [" ".join([line[len(name) + 1:].strip(), *(more.strip() for more in _continuation(lines[i + 1:]))])
+            for i, line in enumerate(lines) if line.lower().startswith(name.lower() + ":")]
+
+
+FORGED = ("X-Spam: No\r\nX-Spam-Score: -10.00\r\n"
+          "Authentication-Results: mx.example.test;\r\n\tspf=pass smtp.mailfrom=alice@x.test;\r\n\tdkim=pass header.d=x.test\r\n"
+          "Authentication-Results: relay.other.test 1; spf=pass smtp.mailfrom=alice@x.test\r\n")
+QUOTED = b"> X-Spam: No\r\nX-Spam: No\r\nAuthentication-Results: mx.example.test; spf=pass\r\n"  # the same lines in the body
+
+
+async def test_forged_scanner_headers_give_way_to_ours(smtp_pair: NetPair, tmp_path: Path, stack: Scanning) -> None:
+    """RFC 8601 section 5: a sender's X-Spam fields and Authentication-Results in our name are
+    removed before ours are added; another host's results and the body stay as sent."""
+    text = message("x.test", QUOTED, extra=FORGED + "X-Netpolicy-Test-Score: 8\r\n")
+    async with scanned_env(smtp_pair, tmp_path, stack.rspamd.url) as environment:
+        assert (await send(environment, PLAIN, "alice@x.test", text))[0] == 250
+        stored = stored_message(environment)
+        assert fields_named(stored, "X-Spam") == ["Yes"]
+        (score,) = fields_named(stored, "X-Spam-Score")
+        assert 6.0 <= float(score) < 15.0
+        assert fields_named(stored, "Authentication-Results") == [
+            "mx.example.test; spf=pass smtp.mailfrom=alice@x.test; dkim=none; dmarc=pass (p=reject) header.from=x.test",
+            "relay.other.test 1; spf=pass smtp.mailfrom=alice@x.test",
+        ]
+        assert stored.endswith(QUOTED.decode().replace("\r\n", "\n"))
+        assert environment.log_lines(
+            r"MID \d+ removed 3 forged header fields \(X-Spam, X-Spam-Score, Authentication-Results\)$")
+
+
+async def test_without_checks_the_message_is_left_as_sent(smtp_pair: NetPair, tmp_path: Path, stack: Scanning) -> None:
+    text = message("x.test", QUOTED, extra=FORGED)
+    async with scanned_env(smtp_pair, tmp_path, stack.rspamd.url) as environment:
+        assert (await send(environment, TRUSTED, "alice@x.test", text))[0] == 250
+        stored = stored_message(environment)
+        assert stored.endswith(text.decode().replace("\r\n", "\n"))
+        assert fields_named(stored, "X-Spam") == ["No"] and len(fields_named(stored, "Authentication-Results")) == 2
+        assert not environment.log_lines("forged")
