@@ -90,14 +90,13 @@ class _Reader:
                 self.done = True
                 return
             start = match.start()
-            self.open = (match.group(1).decode("ascii"), base + start, bytearray())
+            name = match.group(1).decode("ascii")
             end = _FIELD_END.search(window, start, complete)
             if end is None or end.end() == complete:  # it may go on in the next block
-                self._extend(window[start:complete])
+                self.open = (name, base + start, bytearray(window[start:min(complete, start + HEAD)]))
                 return
-            self._extend(window[start:end.end()])
-            yield self._close(base + end.end())
             pos = end.end()
+            yield HeaderField(name, base + start, base + pos, window[start:min(pos, start + HEAD)])
 
     def long_line(self, line: bytes, base: int) -> Iterator[HeaderField]:
         """A line longer than ``HEAD`` starting at ``base``, read by its first ``HEAD`` bytes."""
