@@ -110,14 +110,6 @@ def _message(sock: socket.socket, tag: str) -> None:
     assert lines.readline().startswith(b"250")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def _icids(log: str, address: str) -> list[int]:
     return [int(n) for n in re.findall(rf"New SMTP ICID (\d+) .* address {re.escape(address)} ", log)]
 
@@ -187,9 +179,10 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup)
     first = setup.status()["workers"]
     victim = first[0]
     os.kill(victim["pid"], signal.SIGKILL)
-    # Connections queued on its socket at that moment die with it; once it has exited
-    # (a zombie until the supervisor reaps it), the kernel sends every SYN to the other worker.
-    wait_until(lambda: _gone(victim["pid"]), "the killed worker to exit")
+    # Connections queued on its socket at that moment die with it. Once every thread of it has
+    # exited (when the supervisor can reap it; its main thread is a zombie earlier, with the
+    # socket still open), the kernel sends every SYN to the other worker.
+    wait_until(lambda: not os.path.exists(f"/proc/{victim['pid']}"), "the killed worker to be reaped")
     answered = [setup.banner()[:3] for _ in range(20)]
     assert answered == ["220"] * 20, answered
     wait_until(lambda: (w := setup.status()["workers"][0])["running"] and w["pid"] != victim["pid"], "worker 0 restarted",
