@@ -19,7 +19,9 @@ file watcher running.
 One process rather than a privileged reconciler plus an unprivileged SMTP process: the unit runs
 it as an unprivileged user with only CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (see README), which
 gives the same containment without an IPC protocol between two halves that must agree on the
-policy generation anyway.
+policy generation anyway. ``--workers N`` splits it for the cores' sake, not for containment
+(netpolicy.daemon.workers: ``Supervisor`` and ``Worker`` are this daemon with the listeners,
+respectively the kernel, taken out).
 
 Without CAP_NET_ADMIN (e.g. ``make run`` as a user), serve warns and runs userland-only: the
 listeners refuse TCPREFUSE hosts themselves (handshake, then RST).

@@ -135,6 +135,8 @@ def read_runtime(path: str) -> Message | None:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         os.kill(int(data["pid"]), 0)
+    except PermissionError:  # serve runs as another user: it is there
+        pass
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("workers"), list) else None
