@@ -11,9 +11,13 @@ own process tree, and are measured in turn, ``--rounds`` times; the medians are 
 - ``postfix``: a private Postfix instance (tests/support/postfix.py, needs root) with a real
   queue (fsync) and the discard transport;
 - ``netpolicy``: ``SmtpListener`` with the example policy and Maildir delivery (fsync of the
-  file and of ``new/``), mail log to a file; again on uvloop when it is installed, and with
-  ``--workers N`` SO_REUSEPORT worker processes. Every message is counted in its Maildir: a
-  benchmark that lost mail would be meaningless.
+  file and of ``new/``), mail log to a file; again on uvloop when it is installed. Every message
+  is counted in its Maildir: a benchmark that lost mail would be meaningless.
+- with ``--workers N``, the real ``netpolicy serve`` on the example policy (kernel off: run
+  without CAP_NET_ADMIN, the host's ruleset is never touched; the real resolver, whose
+  negative answers for 127.0.0.1 are cached): ``serve x1`` on in-memory counters, ``serve x1
+  redis`` and ``serve xN redis`` sharing the counters through a real redis-server on loopback,
+  whose CPU counts with theirs.
 - ``netpolicy->postfix``: the deployment of SPEC.md section 9, the same listener relaying
   before-queue to that Postfix (XCLIENT authorised, so Postfix sees smtp-source's address), on
   uvloop when it is installed, as ``serve`` runs;
@@ -52,6 +56,7 @@ sys.path.insert(0, ROOT)
 
 from netpolicy.model.hat import Fact  # noqa: E402
 from tests.support.postfix import postfix_instance  # noqa: E402
+from tests.support.redis import running_redis  # noqa: E402
 from tests.support.wait import wait_until  # noqa: E402
 
 SENDER = "bench@sender.test"
@@ -90,7 +95,7 @@ class _NoDns:
         return Fact(None, 300.0)
 
 
-def serve_netpolicy(port: int, workdir: str, workers: int, next_hop: str | None = None) -> None:
+def serve_netpolicy(port: int, workdir: str, next_hop: str | None = None) -> None:
     from netpolicy.model import load_policy
     from netpolicy.model.hat import build_hat_indexes
 
@@ -100,24 +105,35 @@ def serve_netpolicy(port: int, workdir: str, workers: int, next_hop: str | None 
     delivery = model.delivery.model_copy(update=sink)
     model = model.model_copy(update={"port": port, "delivery": delivery})
     hat = build_hat_indexes(policy)["IncomingMail"]
-    for worker in range(1, workers):
-        if os.fork() == 0:
-            _run_netpolicy(model, hat, workdir, worker, workers)
-            os._exit(0)
-    _run_netpolicy(model, hat, workdir, 0, workers)
-
-
-def _run_netpolicy(model: object, hat: object, workdir: str, worker: int, workers: int) -> None:
     from netpolicy.smtp import SmtpListener
     from netpolicy.smtp.maillog import MailLog
 
     async def main() -> None:
-        maillog = MailLog(os.path.join(workdir, f"mail.log.{worker}"), first_id=worker + 1, id_step=workers)
-        listener = SmtpListener(model, hat, _NoDns(), maillog)  # type: ignore[arg-type]
-        await listener.start(reuse_port=True)
+        listener = SmtpListener(model, hat, _NoDns(), MailLog(os.path.join(workdir, "mail.log")))
+        await listener.start()
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def serve_command(port: int, workdir: str, workers: int, url: str | None) -> list[str]:
+    """``netpolicy serve`` on the example policy at ``port`` (Maildir and mail log in ``workdir``),
+    sharing its counters through ``url`` when given; without CAP_NET_ADMIN, so userland only."""
+    import yaml
+
+    with open(os.path.join(ROOT, "examples", "policy.yml")) as f:
+        policy = yaml.safe_load(f)
+    listener = policy["listeners"][0]
+    listener.update(port=port, kernel=False, delivery={"maildir": os.path.join(workdir, "maildir")})
+    if url is not None:
+        policy["state"] = {"redis": url, "prefix": f"bench{port}:"}
+    path = os.path.join(workdir, "policy.yml")
+    with open(path, "w") as f:
+        yaml.safe_dump(policy, f)
+    netpolicy = os.path.join(os.path.dirname(sys.executable), "netpolicy")
+    drop = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"] if os.geteuid() == 0 else []
+    return [*drop, netpolicy, "serve", "-p", path, "--mail-log", os.path.join(workdir, "mail.log"), "--workers", str(workers),
+            "--runtime-file", os.path.join(workdir, "serve.json")]
 
 
 def serve_aiosmtpd(port: int) -> None:
@@ -139,8 +155,10 @@ def serve_aiosmtpd(port: int) -> None:
 
 
 @contextlib.contextmanager
-def child(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, start_new_session=True)
+def child(args: list[str], port: int, stderr: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``args`` serving on ``port`` (its standard error to the file ``stderr``, when given)."""
+    with open(stderr or os.devnull, "ab") as err:
+        proc = subprocess.Popen(args, start_new_session=True, stderr=err if stderr else None)
     try:
         wait_port(port, proc)
         yield proc
@@ -225,7 +243,8 @@ def main() -> int:
     parser.add_argument("-s", "--sessions", type=int, default=20)
     parser.add_argument("-l", "--size", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3, help="servers are measured in turn, this many times")
-    parser.add_argument("--workers", type=int, default=0, help="also measure netpolicy with N SO_REUSEPORT workers")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also measure netpolicy serve: x1 in-memory, x1 and xN (--workers N) on a redis-server")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -236,7 +255,7 @@ def main() -> int:
 
                 uvloop.install()
             next_hop = f"127.0.0.1:{args.serve[3]}" if kind.startswith("netpolicy-relay") else None
-            serve_netpolicy(port, args.serve[2], max(args.workers, 1), next_hop)
+            serve_netpolicy(port, args.serve[2], next_hop)
         else:
             serve_aiosmtpd(port)
         return 0
@@ -248,11 +267,9 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="npbench")
     os.chmod(work, 0o755)  # Postfix daemons run as the postfix user and must reach their dirs
     servers: list[Server] = []
-    variants = [("netpolicy", 1)]
+    variants = ["netpolicy"]
     if importlib.util.find_spec("uvloop") is not None:
-        variants.append(("netpolicy-uvloop", 1))
-    if args.workers > 1:
-        variants.append((variants[-1][0], args.workers))
+        variants.append("netpolicy-uvloop")
     try:
         with contextlib.ExitStack() as stack:
             port = free_port()
@@ -272,16 +289,27 @@ def main() -> int:
                 os.makedirs(npdir)
                 relay = "netpolicy-relay-uvloop" if importlib.util.find_spec("uvloop") is not None else "netpolicy-relay"
                 proc = stack.enter_context(child([*me, "--serve", relay, str(port), npdir, str(hop_port)], port))
-                servers.append(Server("netpolicy->postfix", port, proc.pid, also=hop.master, mail_log=os.path.join(npdir, "mail.log.0")))
+                servers.append(Server("netpolicy->postfix", port, proc.pid, also=hop.master, mail_log=os.path.join(npdir, "mail.log")))
             else:
                 print("postfix and the relay run skipped: a private Postfix instance needs root", flush=True)
-            for kind, workers in variants:
+            for kind in variants:
                 port = free_port()
-                npdir = os.path.join(work, f"{kind}-{workers}")
+                npdir = os.path.join(work, kind)
                 os.makedirs(npdir)
-                proc = stack.enter_context(child([*me, "--workers", str(workers), "--serve", kind, str(port), npdir], port))
-                name = kind + (f" x{workers}" if workers > 1 else "")
-                servers.append(Server(name, port, proc.pid, maildir=os.path.join(npdir, "maildir", "new")))
+                proc = stack.enter_context(child([*me, "--serve", kind, str(port), npdir], port))
+                servers.append(Server(kind, port, proc.pid, maildir=os.path.join(npdir, "maildir", "new")))
+            if args.workers:
+                store = stack.enter_context(running_redis())
+                assert store.process is not None
+                for workers, url in ((1, None), (1, store.url), (max(args.workers, 2), store.url)):
+                    port = free_port()
+                    name = f"serve x{workers}" + (" redis" if url else "")
+                    npdir = os.path.join(work, name.replace(" ", "-"))
+                    os.makedirs(npdir)
+                    proc = stack.enter_context(child(serve_command(port, npdir, workers, url), port,
+                                                     stderr=os.path.join(npdir, "serve.err")))
+                    servers.append(Server(name, port, proc.pid, maildir=os.path.join(npdir, "maildir", "new"),
+                                          also=store.process.pid if url else None))
             for server in servers:  # warm-up: pools, caches, Postfix's processes
                 smtp_source(server.port, min(300, args.messages), args.sessions, args.size)
             for n in range(args.rounds):
@@ -310,6 +338,12 @@ def main() -> int:
         relay, direct = by_name["netpolicy->postfix"], by_name["postfix"]
         print(f"netpolicy->postfix / postfix: {relay.rate / direct.rate:.2f}x msg/s (the front's cost), "
               f"{relay.cpu_us / direct.cpu_us:.2f}x CPU per message")
+    serves = [s for s in servers if s.name.startswith("serve x") and s.name.endswith("redis")]
+    if serves and "serve x1" in by_name:
+        print(f"serve x1 redis / serve x1: {serves[0].rate / by_name['serve x1'].rate:.2f}x msg/s (goal >= 0.9, "
+              "the store's cost)")
+    if len(serves) > 1 and "postfix" in by_name:
+        print(f"{serves[-1].name} / postfix: {serves[-1].rate / by_name['postfix'].rate:.2f}x msg/s (goal >= 2.0)")
     for s in servers:
         if s.maildir is None:
             continue
