@@ -350,12 +350,14 @@ def fleet_status(policy_path: str, as_json: bool) -> None:
     if as_json:
         print_json({"policy_generation": local, "majority_generation": majority(gateways), "gateways": [
             {"host": g.host, "pid": g.pid, "listeners": g.listeners, "generation": g.generation, "started": g.started,
-             "last_seen": g.last_seen, "disagrees": flagged.get(g.name)} for g in gateways]})
+             "last_seen": g.last_seen, "workers": g.workers, "disagrees": flagged.get(g.name)} for g in gateways]})
     else:
         click.echo(f"{len(gateways)} gateways; this host's policy file is at generation {local}")
         for g in gateways:
             click.echo(f"{g.name}: generation {g.generation}, last seen {max(0.0, now - g.last_seen):.0f} s ago, "
                        f"up {max(0.0, now - g.started):.0f} s; listeners: {', '.join(g.listeners) or 'none'}")
+            for worker in g.workers:
+                click.echo(f"  {worker_line(worker)}")
             if g.name in flagged:
                 click.echo(f"  DISAGREES: {flagged[g.name]}")
     sys.exit(EXIT_DRIFT if flagged else 0)

@@ -1,7 +1,8 @@
 """The fleet view: each serve announces itself in the state store; ``status --fleet`` reads them.
 
 Every ``HEARTBEAT`` seconds, and at once after a reload, serve writes ``<prefix>gateway:<host>:<pid>``
-(JSON: host name, pid, listeners with address:port, policy generation, started, last seen) to
+(JSON: host name, pid, listeners with address:port, policy generation, started, last seen, the
+SMTP workers of ``serve --workers``) to
 expire after ``EXPIRES`` heartbeats: a gateway that dies or loses the store drops out of the view
 within 15 s, and one that stops deletes its key. A key per gateway rather than one hash of all:
 the expiry is per key, so a dead gateway's entry needs nobody to remove it.
@@ -15,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from netpolicy.model.policy import State
 from netpolicy.smtp.redis_counters import RedisStore
@@ -34,6 +36,7 @@ class Gateway:
     generation: str
     started: float  # Unix time
     last_seen: float  # Unix time of the last heartbeat (the gateway's clock)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # serve --workers: pid, generation, ... of each
 
     @property
     def name(self) -> str:

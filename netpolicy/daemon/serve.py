@@ -410,7 +410,11 @@ class Daemon:
             return
         await announce(self.state, Gateway(socket.gethostname(), os.getpid(),
                                            [f"{lst.name} {_host_port(lst.address, lst.port)}" for lst in policy.listeners],
-                                           self.view.generation, self.started, time.time()))
+                                           self.view.generation, self.started, time.time(), self._workers()))
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """The SMTP worker processes, for the fleet view (none: this process serves SMTP)."""
+        return []
 
     async def _read_kernel_counters(self) -> None:
         """Kernel refusal counters per listener for the metrics (the reconciler's own loop,

@@ -511,10 +511,12 @@ class Supervisor(Daemon):
 
     # -- what status reads ---------------------------------------------------------------------
 
+    def _workers(self) -> list[Message]:
+        return [{"slot": s.slot, "pid": s.pid, "generation": s.generation, "started": s.started, "connections": s.connections(),
+                 "restarts": s.restarts, "running": s.ready.is_set()} for s in self.slots]
+
     def runtime(self) -> Message:
-        return {"pid": os.getpid(), "started": self.started, "generation": self.view.generation, "workers": [
-            {"slot": s.slot, "pid": s.pid, "generation": s.generation, "started": s.started, "connections": s.connections(),
-             "restarts": s.restarts, "running": s.ready.is_set()} for s in self.slots]}
+        return {"pid": os.getpid(), "started": self.started, "generation": self.view.generation, "workers": self._workers()}
 
     async def _write_runtime(self) -> None:
         directory = os.path.dirname(self.runtime_file)

@@ -135,6 +135,10 @@ def test_both_workers_serve_and_ids_never_collide(setup: Setup) -> None:
                                           "--runtime-file", str(setup.runtime)]).stdout
     for w in workers:
         assert f"worker {w['slot']}: pid {w['pid']}, generation {w['generation']}" in text
+    fleet = json.loads(setup.served.pair.server.exec([NETPOLICY, "status", "--fleet", "--json", "-p",
+                                                      str(setup.served.policy)]).stdout)
+    [gateway] = fleet["gateways"]
+    assert sorted(w["pid"] for w in gateway["workers"]) == sorted(w["pid"] for w in workers)
 
 
 def test_max_concurrency_holds_across_the_workers(setup: Setup) -> None:
