@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from email.utils import formatdate
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +54,7 @@ def ham() -> str:
                  "I have moved the review to Thursday so that the whole team can attend. ")
     body = "\n".join(paragraph for _ in range(12))
     return ("From: Bench Sender <bench@sender.test>\nTo: Recipient <rcpt@example.test>\nSubject: release schedule\n"
-            "Date: Wed, 02 Dec 2026 10:00:00 +0000\nMessage-ID: <bench.1@sender.test>\nMIME-Version: 1.0\n"
+            f"Date: {formatdate(usegmt=True)}\nMessage-ID: <bench.1@sender.test>\nMIME-Version: 1.0\n"
             f"Content-Type: text/plain; charset=us-ascii\n\nHello,\n\n{body}\n\nRegards,\nBench\n")
 
 
