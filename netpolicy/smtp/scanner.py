@@ -301,14 +301,15 @@ def claims_to_be_ours(receiver: str) -> Callable[[HeaderField], bool]:
     remove before ours are added: ``X-Spam`` and ``X-Spam-Score``, and every
     ``Authentication-Results`` carrying our authserv-id, which RFC 8601 section 5 says an MTA
     must remove (other hosts' results stay). One whose authserv-id cannot be read within its
-    first ``headers.HEAD`` bytes could be ours, so it goes too."""
-    ours = receiver.lower()
+    first ``headers.HEAD`` bytes could be ours, so it goes too. A host name is the same with
+    or without its final dot."""
+    ours = receiver.lower().rstrip(".")
 
     def unwanted(f: HeaderField) -> bool:
         if f.name.lower() != "authentication-results":
             return True
         found = authserv_id(f.value_head, f.whole)
-        return found is None or found == ours
+        return found is None or found.rstrip(".") == ours
 
     return unwanted
 

@@ -108,6 +108,7 @@ def test_forged_fields_are_ours_only() -> None:
                + b"X-Spam-Status: No\r\n"
                + b"Authentication-Results: MX.EXAMPLE.TEST 1; spf=pass smtp.mailfrom=a@x.test\r\n"
                + b"Authentication-Results: (relay) mx.example.test;\r\n\tdkim=pass header.d=x.test\r\n"
+               + b"Authentication-Results: mx.example.test.; dmarc=pass\r\n"
                + b"Authentication-Results: other.example; spf=pass smtp.mailfrom=a@x.test\r\n"
                + b"Authentication-Results: mx.example.test.other.example; spf=pass\r\n"
                + b"\r\nX-Spam: No\r\nAuthentication-Results: mx.example.test; spf=pass\r\n")
@@ -116,6 +117,7 @@ def test_forged_fields_are_ours_only() -> None:
         b"x-spam-score: -5.00\r\n",
         b"Authentication-Results: MX.EXAMPLE.TEST 1; spf=pass smtp.mailfrom=a@x.test\r\n",
         b"Authentication-Results: (relay) mx.example.test;\r\n\tdkim=pass header.d=x.test\r\n",
+        b"Authentication-Results: mx.example.test.; dmarc=pass\r\n",
     ]
 
 
