@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -46,10 +46,18 @@ class Setup:
             f"REJECTLIST: [{REJECTED}]", f"REJECTLIST: [{self.offender}]").replace(
             "promote_after: 3, promote_for: 3", f"promote_after: {PROMOTE_AFTER}, promote_for: 60").replace(
             "ACCEPTED: {behavior: accept}", "ACCEPTED: {behavior: accept, max_concurrency: 2}").replace(
-            "hostname: mx.example.test", f"hostname: {hostname}")
+            "hostname: mx.example.test", f"hostname: {hostname}").replace(
+            "      - {group: ALL, policy: ACCEPTED}", "      - {group: LIMITLIST, policy: LIMITED}\n      - {group: ALL, policy: ACCEPTED}").replace(
+            "sender_groups:\n", f"sender_groups:\n  LIMITLIST: [{self.limited}]\n").replace(
+            "mail_flow_policies:\n", "mail_flow_policies:\n  LIMITED: {behavior: accept, max_rcpts_per_hour: 10}\n")
         if state and self.store is not None:
             text += f"state: {{redis: '{self.store.url}', prefix: 'workers:'}}\n"
         return text
+
+    @property
+    def limited(self) -> str:
+        """The client address allowed 10 recipients an hour."""
+        return f"{self.net.prefix}60"
 
     @property
     def runtime(self) -> Path:
@@ -98,13 +106,19 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         assert "Traceback" not in made.served.stderr_text()
 
 
+def _command(sock: socket.socket, lines: BinaryIO, command: str) -> bytes:
+    """Send ``command``; its reply's last line."""
+    sock.sendall(command.encode() + b"\r\n")
+    while (reply := lines.readline())[3:4] == b"-":
+        pass
+    return reply
+
+
 def _message(sock: socket.socket, tag: str) -> None:
     lines = sock.makefile("rb")
     assert lines.readline().startswith(b"220")
     for command in ("EHLO client.test", "MAIL FROM:<a@sender.test>", f"RCPT TO:<{tag}@example.test>", "DATA"):
-        sock.sendall(command.encode() + b"\r\n")
-        while (reply := lines.readline())[3:4] == b"-":
-            pass
+        reply = _command(sock, lines, command)
         assert reply[:1] in (b"2", b"3"), (command, reply)
     sock.sendall(f"Subject: {tag}\r\n\r\nhello\r\n.\r\nQUIT\r\n".encode())
     assert lines.readline().startswith(b"250")
@@ -154,6 +168,23 @@ def test_max_concurrency_holds_across_the_workers(setup: Setup) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_max_rcpts_per_hour_holds_across_the_workers(setup: Setup) -> None:
+    net = setup.net
+    source = net.add_client_address(60)
+    codes: list[int] = []
+    for n in range(6):
+        with net.network.connect((net.gateway_v4(0), PORT), source=source) as sock:
+            lines = sock.makefile("rb")
+            assert lines.readline().startswith(b"220")
+            for command in ("EHLO client.test", "MAIL FROM:<a@sender.test>"):
+                assert _command(sock, lines, command).startswith(b"250")
+            codes += [int(_command(sock, lines, f"RCPT TO:<h{n}.{i}@example.test>")[:3]) for i in range(5)]
+            sock.sendall(b"QUIT\r\n")
+    assert codes.count(250) == 10 and set(codes) == {250, 452}, codes
+    if {n % 2 for n in _icids(setup.served.log_text(), source)} != {0, 1}:
+        pytest.skip("every session landed on one worker this time")  # 2 in 2**6 runs
 
 
 def test_reload_reaches_every_worker_and_a_broken_policy_changes_nothing(setup: Setup) -> None:
