@@ -145,7 +145,8 @@ def test_unit_template_runs_workers_after_the_local_store() -> None:
     assert "--mail-log /var/log/netpolicy/mail.log --workers 4\n" in rendered
     assert "\nAfter=redis-server.service\n" in rendered
     default = _render("netpolicy.service.j2", **_defaults())
-    assert "--workers" not in default and "redis" not in default
+    assert "ExecStart=/opt/netpolicy/bin/netpolicy serve --mail-log /var/log/netpolicy/mail.log\n" in default
+    assert "redis" not in default
 
 
 def test_policy_template_writes_the_state_block_when_a_url_is_set(tmp_path: Path) -> None:
@@ -195,3 +196,14 @@ def test_workers_with_a_store_pass_the_check(tmp_path: Path, variables: dict[str
     proc = _preflight(tmp_path, **variables)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok: [localhost]" in proc.stdout.split("Check that several workers share a state store")[1], proc.stdout
+
+
+def test_example_inventory_points_both_gateways_at_the_store_on_mx1() -> None:
+    """debug is an action on the controller: the inventory's variables, rendered, without SSH."""
+    exe = _need(BIN / "ansible")
+    shown = "{{ netpolicy_state_redis_url }} {{ netpolicy_state_redis_install | default(false) }} {{ netpolicy_workers }}"
+    proc = subprocess.run([exe, "mx", "-m", "ansible.builtin.debug", "-a", f"msg='{shown}'"],
+                          cwd=ANSIBLE, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'mx1.example.test | SUCCESS => {\n    "msg": "redis://10.20.0.10:6379/0 True 2"' in proc.stdout, proc.stdout
+    assert 'mx2.example.test | SUCCESS => {\n    "msg": "redis://10.20.0.10:6379/0 False 2"' in proc.stdout, proc.stdout
