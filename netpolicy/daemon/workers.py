@@ -299,6 +299,7 @@ class Supervisor(Daemon):
         self._keepers: list[asyncio.Task[None]] = []
         self._stopping = False
         self._started = False  # every worker was ready once: from now on one that ends is started again
+        self._runtime_written = False  # kept current once the first write worked
         self._failed = asyncio.Event()  # a worker ended before it was ready, at start
         self._target = ""  # the generation the workers are to run
         self._realigning = False
@@ -317,12 +318,15 @@ class Supervisor(Daemon):
             return 1
         finally:
             await self._stop_serving()
-            if self._started:
+            if self._runtime_written:
                 with contextlib.suppress(OSError):
                     os.unlink(self.runtime_file)
 
     def _loops(self) -> list[asyncio.Task[None]]:
-        return [*super()._loops(), self._supervise("runtime file", self._write_runtime)]
+        loops = super()._loops()
+        if self._runtime_written:
+            loops.append(self._supervise("runtime file", self._write_runtime))
+        return loops
 
     def _on_sighup(self) -> None:
         self._broadcast({"op": "reopen"})
@@ -353,6 +357,7 @@ class Supervisor(Daemon):
             raise WorkerStartError("the SMTP workers did not start (see their lines above)")
         self._started = True
         log.info("%d SMTP workers running: pids %s", len(self.slots), ", ".join(str(s.pid) for s in self.slots))
+        self._runtime_written = self._publish_runtime(self.runtime())  # status lists them as soon as serve is READY
         self._check_generations()
 
     async def _install_workers(self) -> None:
@@ -518,20 +523,21 @@ class Supervisor(Daemon):
     def runtime(self) -> Message:
         return {"pid": os.getpid(), "started": self.started, "generation": self.view.generation, "workers": self._workers()}
 
-    async def _write_runtime(self) -> None:
-        directory = os.path.dirname(self.runtime_file)
+    def _publish_runtime(self, data: Message) -> bool:
+        """Write the runtime file; False (and one warning) when it cannot be written."""
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
+            os.makedirs(os.path.dirname(self.runtime_file), mode=0o755, exist_ok=True)
+            _write_json(self.runtime_file, data)
         except OSError as exc:
             log.warning("no runtime file for status (%s)", exc)
-            return
+            return False
+        return True
+
+    async def _write_runtime(self) -> None:
         while True:
-            try:
-                await asyncio.to_thread(_write_json, self.runtime_file, self.runtime())
-            except OSError as exc:
-                log.warning("no runtime file for status (%s)", exc)
-                return
             await asyncio.sleep(STATS_EVERY)
+            if not await asyncio.to_thread(self._publish_runtime, self.runtime()):
+                return
 
 
 def _write_json(path: str, data: Message) -> None:

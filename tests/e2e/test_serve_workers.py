@@ -63,9 +63,9 @@ class Setup:
     def runtime(self) -> Path:
         return self.tmp / "serve.json"
 
-    def args(self) -> list[str]:
+    def args(self, interval: str = "0.2") -> list[str]:
         s = self.served
-        return [NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log), "--interval", "0.2",
+        return [NETPOLICY, "serve", "-p", str(s.policy), "--mail-log", str(s.mail_log), "--interval", interval,
                 "--workers", "2", "--runtime-file", str(self.runtime), "--metrics", f"127.0.0.1:{METRICS}"]
 
     def metric(self, name: str) -> float | None:
@@ -234,6 +234,25 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup)
     log = setup.served.log_text()
     ids = [int(n) for n in re.findall(r"(?:New SMTP ICID|Start MID) (\d+)", log)]
     assert len(ids) == len(set(ids))  # the restarted worker does not hand out its predecessor's ids
+
+
+def test_a_worker_started_on_a_newer_file_brings_everyone_to_it(setup: Setup) -> None:
+    """The file changes while a worker restarts, unseen by the supervisor (its watcher looks once a
+    minute here): the new worker loads the new file, and the supervisor reloads to match it."""
+    served = setup.served
+    served.stop()
+    served.launch(setup.args(interval="60"))
+    [before] = setup.generations()
+    served.write_policy(text=setup.policy(hostname="mx3.example.test"))
+    victim = setup.status()["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(g := setup.generations()) == 1 and before not in g, "both workers on the file's generation",
+               timeout=15)
+    [after] = setup.generations()
+    assert f"worker 0 (pid {setup.status()['workers'][0]['pid']}) runs policy generation {after}, the kernel {before}" \
+        in served.stderr_text()
+    assert f"reload (workers on another policy generation): now at policy generation {after}" in served.stderr_text()
+    assert all("mx3.example.test" in setup.banner() for _ in range(10))
 
 
 def test_sigusr1_reopens_the_mail_log_in_every_worker(setup: Setup) -> None:
