@@ -98,7 +98,7 @@ class ServeOptions:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     """A policy with everything derived from it, before anything is changed."""
 
     policy: Policy
@@ -106,10 +106,10 @@ class _Prepared:
     hats: dict[str, HatIndex]
 
 
-def _prepare(path: str) -> _Prepared:
+def _prepare(path: str) -> Prepared:
     """Load, validate, compile and index ``path``; runs in a worker thread (raises PolicyError)."""
     policy = load_policy(path)
-    return _Prepared(policy, compile_policy(policy), build_hat_indexes(policy))
+    return Prepared(policy, compile_policy(policy), build_hat_indexes(policy))
 
 
 Signature = tuple[FileId | None, ...]
@@ -299,7 +299,7 @@ class Daemon:
         changes = result.diff.element_changes if result.diff is not None else 0
         log.info("kernel at policy generation %s (%d element changes, %.3f s)", plan.generation, changes, elapsed)
 
-    async def _install(self, prepared: _Prepared) -> None:
+    async def _install(self, prepared: Prepared) -> None:
         """Put ``prepared`` in force: the state store, the scanner, the listeners (``_serve``)."""
         policy, plan, hats = prepared.policy, prepared.plan, prepared.hats
         await self.state.configure(policy.state)
@@ -312,7 +312,7 @@ class Daemon:
         self.view.generation = plan.generation
         self._spawn(self._announce())  # the fleet sees the new generation now, not at the next heartbeat
 
-    async def _serve(self, prepared: _Prepared) -> None:
+    async def _serve(self, prepared: Prepared) -> None:
         """The listeners' part of an install: swap, start new, stop removed or rebound ones."""
         policy, hats = prepared.policy, prepared.hats
         wanted = {lst.name: lst for lst in policy.listeners}

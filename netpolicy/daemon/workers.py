@@ -48,7 +48,7 @@ from typing import Any
 import uvloop
 
 from netpolicy.daemon.fleet import HEARTBEAT
-from netpolicy.daemon.serve import Daemon, ServeOptions, _Prepared
+from netpolicy.daemon.serve import Daemon, ServeOptions, Prepared
 from netpolicy.kernel.learning import Learning
 from netpolicy.kernel.promotion import PromotionDecision
 from netpolicy.model import Policy
@@ -114,6 +114,34 @@ def add_counts(total: Counter[str], data: object) -> None:
         for name, n in data.items():
             if isinstance(name, str) and type(n) is int:
                 total[name] += n
+
+
+@dataclass
+class Totals:
+    """Workers' ``stats`` reports summed: what the supervisor's metrics show."""
+
+    listeners: dict[str, ListenerStats] = field(default_factory=dict)
+    promotions: Counter[str] = field(default_factory=Counter)
+    learned: Counter[str] = field(default_factory=Counter)
+    learn_skipped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, report: Mapping[str, Any], *, open_now: bool = True) -> None:
+        """Add one report; ``open_now=False`` for a worker that has ended (its connections are gone)."""
+        listeners = report.get("listeners")
+        if isinstance(listeners, dict):
+            for name, data in listeners.items():
+                if isinstance(name, str) and isinstance(data, dict):
+                    add_stats(self.listeners.setdefault(name, ListenerStats()), data if open_now else {**data, "open_connections": 0})
+        for key in ("promotions", "learned", "learn_skipped"):
+            add_counts(getattr(self, key), report.get(key))
+
+    def report(self) -> Message:
+        """The totals as one report (``add`` reads it back)."""
+        return {"listeners": {name: stats_json(stats) for name, stats in self.listeners.items()},
+                "promotions": dict(self.promotions), "learned": dict(self.learned), "learn_skipped": dict(self.learn_skipped)}
+
+    def connections(self) -> int:
+        return sum(sum(stats.connections.values()) for stats in self.listeners.values())
 
 
 def default_runtime_file() -> str:
@@ -216,7 +244,7 @@ class Worker(Daemon):
 
     async def _listen(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._control)
-        self._send({"op": "ready", "pid": os.getpid(), "generation": self.view.generation})
+        self._send({"op": "ready", "generation": self.view.generation})
         reporter = asyncio.ensure_future(self._report())
         try:
             while line := await reader.readline():
@@ -233,8 +261,8 @@ class Worker(Daemon):
             self._stop.set()  # the supervisor is gone (or stopping): so is this worker
 
     async def _install_for_supervisor(self) -> None:
-        ok = await self.reload("supervisor")
-        self._send({"op": "installed", "ok": ok, "generation": self.view.generation})
+        await self.reload("supervisor")  # a failure is logged here; the supervisor sees the generation
+        self._send({"op": "installed", "generation": self.view.generation})
 
     async def _report(self) -> None:
         while True:
@@ -269,7 +297,6 @@ class _Slot:
     restarts: int = 0
     last_id: int = 0
     report: Message = field(default_factory=dict)  # the last stats report of the process in it
-    retired: list[Message] = field(default_factory=list)  # the last reports of processes that ended
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     installed: asyncio.Future[str | None] | None = None
 
@@ -278,14 +305,13 @@ class _Slot:
         return None if self.process is None else self.process.pid
 
     def connections(self) -> int:
-        total = ListenerStats()
-        for data in self.report.get("listeners", {}).values():
-            add_stats(total, data)
-        return sum(total.connections.values())
+        totals = Totals()
+        totals.add(self.report)
+        return totals.connections()
 
 
 class WorkerStartError(Exception):
-    pass
+    """A worker ended before it served: serve exits 1."""
 
 
 class Supervisor(Daemon):
@@ -297,6 +323,7 @@ class Supervisor(Daemon):
         self.view.worker_restarts = 0
         self.runtime_file = options.runtime_file or default_runtime_file()
         self._keepers: list[asyncio.Task[None]] = []
+        self._retired = Totals()  # what workers that ended had counted
         self._stopping = False
         self._started = False  # every worker was ready once: from now on one that ends is started again
         self._runtime_written = False  # kept current once the first write worked
@@ -338,7 +365,7 @@ class Supervisor(Daemon):
 
     # -- installing ----------------------------------------------------------------------------
 
-    async def _serve(self, prepared: _Prepared) -> None:
+    async def _serve(self, prepared: Prepared) -> None:
         """Start the workers, or have every one install the generation the kernel now has."""
         self._target = prepared.plan.generation
         if self._started:
@@ -446,10 +473,8 @@ class Supervisor(Daemon):
             s.writer = None
             if s.installed is not None and not s.installed.done():
                 s.installed.set_result(None)
-            if s.report:
-                s.retired.append({**s.report, "listeners": {
-                    name: {**data, "open_connections": 0} for name, data in s.report.get("listeners", {}).items()}})
-                s.report = {}
+            self._retired.add(s.report, open_now=False)
+            s.report = {}
             self._sum()
         return await s.process.wait()
 
@@ -471,22 +496,14 @@ class Supervisor(Daemon):
                 s.installed.set_result(s.generation)
 
     def _sum(self) -> None:
-        """The metrics' listener counters: every worker's, those of ended ones included."""
-        listeners: dict[str, ListenerStats] = {}
-        promotions: Counter[str] = Counter()
-        learned: Counter[str] = Counter()
-        skipped: Counter[str] = Counter()
+        """The metrics' counters: every worker's, those of ended ones included (counters only grow)."""
+        totals = Totals()
+        totals.add(self._retired.report())
         for s in self.slots:
-            for report in (*s.retired, s.report):
-                for name, data in report.get("listeners", {}).items():
-                    if isinstance(data, dict):
-                        add_stats(listeners.setdefault(name, ListenerStats()), data)
-                add_counts(promotions, report.get("promotions"))
-                add_counts(learned, report.get("learned"))
-                add_counts(skipped, report.get("learn_skipped"))
-        self.view.listeners = listeners
-        self.view.promotions = dict(promotions)
-        self.view.learned, self.view.learn_skipped = learned, skipped
+            totals.add(s.report)
+        self.view.listeners = totals.listeners
+        self.view.promotions = dict(totals.promotions)
+        self.view.learned, self.view.learn_skipped = totals.learned, totals.learn_skipped
 
     def _send(self, s: _Slot, message: Message) -> None:
         if s.writer is not None and not s.writer.is_closing():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from netpolicy.daemon.workers import add_counts, add_stats, decode, encode, stats_json
+from netpolicy.daemon.workers import Totals, add_counts, add_stats, decode, encode, stats_json
 from netpolicy.smtp.services import ListenerStats
 
 
@@ -50,3 +50,16 @@ def test_what_does_not_parse_is_left_out() -> None:
     add_counts(counts, {"IncomingMail": 2, "x": "3", "y": None})
     add_counts(counts, ["IncomingMail"])
     assert counts == Counter({"IncomingMail": 2})
+
+
+def test_totals_of_a_worker_that_ended_keep_its_counts_but_not_its_open_connections() -> None:
+    report = {"listeners": {"IncomingMail": stats_json(_stats(3, {("ALL", "accept"): 5}, {}, 2))},
+              "promotions": {"IncomingMail": 1}, "learned": {}, "learn_skipped": {}}
+    ended = Totals()
+    ended.add(report, open_now=False)
+    totals = Totals()
+    totals.add(ended.report())
+    totals.add(report)
+    stats = totals.listeners["IncomingMail"]
+    assert (stats.messages_accepted, stats.open_connections, totals.connections()) == (6, 2, 10)
+    assert totals.promotions == Counter({"IncomingMail": 2})
