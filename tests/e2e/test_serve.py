@@ -88,7 +88,8 @@ def test_repeat_offender_is_promoted_to_the_kernel_then_released(served: Served)
     wait_until(lambda: served.outcome(REJECTED, timeout=0.5) == "refused", "the repeat offender refused by the kernel", timeout=3)
     wait_until(lambda: "promoted 192.0.2.77" in served.stderr_text(), "the promotion's log line")
     status = json.loads(served.pair.server.exec([NETPOLICY, "status", "-p", str(served.policy), "--json"]).stdout)
-    assert [p["address"] for p in status["promoted"]] == [REJECTED] and 0 < status["promoted"][0]["expires_in"] <= 3
+    # Listed means held; seconds left are rounded, so a status slower than 2.5 s under load reads 0.
+    assert [p["address"] for p in status["promoted"]] == [REJECTED] and 0 <= status["promoted"][0]["expires_in"] <= 3
     wait_until(lambda: served.outcome(REJECTED, timeout=0.5) == "554", "the promotion to end", timeout=8)
 
 
