@@ -142,6 +142,18 @@ def test_serve_runs_as_the_unprivileged_user(lab: Lab) -> None:
     assert user == "netpolicy"
 
 
+def test_serve_runs_two_workers_on_the_store_the_role_installed(lab: Lab) -> None:
+    assert lab.vm.ssh("systemctl is-active redis-server", check=False).stdout.strip() == "active"
+    assert " --workers 2 " in lab.vm.ssh("systemctl show -p ExecStart --value netpolicy").stdout
+    assert "redis: redis://127.0.0.1:6379/0" in lab.vm.sudo("cat /etc/netpolicy/policy.yml").stdout
+
+    def announced() -> list[str]:
+        return lab.vm.ssh("redis-cli --raw keys 'netpolicy:gateway:*'").stdout.split()
+
+    wait_until(announced, "serve's heartbeat key in the store", timeout=30, step=1)
+    assert {key.rsplit(":", 1)[0] for key in announced()} == {"netpolicy:gateway:mx"}
+
+
 # ------------------------------------------------------------------------------------ behaviour
 def test_tcprefuse_is_refused_at_syn_by_the_vm_kernel(lab: Lab) -> None:
     from tests.support.capture import Capture

@@ -274,6 +274,9 @@ class Vm:
             "netpolicy_apt_update_cache: false\n"
             "netpolicy_build_wheels: false\n"
             f"netpolicy_wheel_dir: {wheel_dir}\n"
+            "# The shared state store on the VM itself (redis-server is in the image), two workers using it.\n"
+            "netpolicy_state_redis_install: true\n"
+            "netpolicy_workers: 2\n"
         )
         return inv / "hosts.yml"
 
