@@ -156,6 +156,7 @@ class Daemon:
         self._watched: tuple[str, ...] = (options.policy_path,)  # the policy and the files it reads
         self._signature = _signature(self._watched)
         self._tasks: asyncio.TaskGroup | None = None
+        self._nflog: NflogReader | None = None
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -224,7 +225,9 @@ class Daemon:
             loops.append(self._supervise("learned refusals", lambda: self.learner.run(self.shared.sink(reconciler))))
         loops.append(self._supervise("fleet heartbeat", self._heartbeat))
         if self.options.verbose_connections and self.backend is not None:
-            loops.append(self._supervise("NFLOG reader", self._read_nflog))
+            self._nflog = self._bind_nflog()  # before READY=1: a SYN refused right after it is logged too
+            if self._nflog is not None:
+                loops.append(self._supervise("NFLOG reader", self._read_nflog))
         return loops
 
     async def _stop_serving(self) -> None:
@@ -429,12 +432,18 @@ class Daemon:
                 log.warning("kernel counters unavailable: %s", exc)
             await asyncio.sleep(COUNTER_EVERY * self.options.reconcile_interval)
 
-    async def _read_nflog(self) -> None:
-        """Turn each logged kernel refusal into the appliance's ``ICID 0 TCPREFUSE`` line."""
+    @staticmethod
+    def _bind_nflog() -> NflogReader | None:
         try:
-            reader = NflogReader(NFLOG_GROUP)
+            return NflogReader(NFLOG_GROUP)
         except OSError as exc:
             log.error("verbose connection logging unavailable: %s", exc)
+            return None
+
+    async def _read_nflog(self) -> None:
+        """Turn each logged kernel refusal into the appliance's ``ICID 0 TCPREFUSE`` line."""
+        reader, self._nflog = self._nflog or self._bind_nflog(), None  # bound at start, or again after a failure
+        if reader is None:
             return
         by_id = {listener_id(name): name for name in self.hats}  # the listeners may be in worker processes
         try:
