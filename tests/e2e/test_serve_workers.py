@@ -205,6 +205,22 @@ def test_reload_reaches_every_worker_and_a_broken_policy_changes_nothing(setup: 
     assert setup.generations() == after
     assert all("mx2.example.test" in setup.banner() for _ in range(10))
 
+    served.write_policy(text=setup.policy(hostname="mx4.example.test", state=False))
+    wait_until(lambda: "policy unchanged: serve --workers 2 needs a state block" in served.stderr_text(),
+               "the policy without a state block to be refused")
+    time.sleep(1.5)
+    assert setup.generations() == after
+    assert all("mx2.example.test" in setup.banner() for _ in range(10))
+
+
+def test_sigterm_stops_every_worker(setup: Setup) -> None:
+    served = setup.served
+    pids = [w["pid"] for w in setup.status()["workers"]]
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=20) == 0
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    assert not setup.runtime.exists()
+
 
 def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(setup: Setup) -> None:
     for i in range(10):
