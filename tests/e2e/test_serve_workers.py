@@ -21,10 +21,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from tests.support.dns_server import DnsServer, Record, Zone, dnslist_name, resolv_conf
 from tests.support.fleet import Fleet, fleet, syn_probe
 from tests.support.redis import RedisServer, running_redis
 from tests.support.serve import NETPOLICY, Served
-from tests.support.serve_policy import PORT, REJECTED, policy_text
+from tests.support.serve_policy import BLOCKED, PORT, REJECTED, policy_text
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.netns
@@ -313,3 +314,27 @@ def test_more_than_one_worker_needs_state(tmp_path: Path) -> None:
         assert "serve --workers 2 needs a state block" in done.stderr
         assert "netpolicy" not in net.gateways[0].exec(["nft", "list", "ruleset"]).stdout
         assert not made.runtime.exists()
+
+
+def test_a_refusal_learned_in_a_worker_reaches_the_kernel(tmp_path: Path) -> None:
+    """The worker that refuses a DNS-listed host publishes it; the supervisor learns it into the kernel."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with fleet(1) as net, running_redis(net.network_v4, ns=net.network) as store:
+        listed, gateway = net.add_client_address(30), net.gateways[0]
+        dns = DnsServer("127.0.0.1", 53, netns=gateway)
+        dns.load(Zone("bl.test", [Record(dnslist_name(listed, "bl.test"), "A", "127.0.0.2", ttl=300)]))
+        with dns, resolv_conf(gateway, "127.0.0.1"):
+            made = Setup(net, store, tmp_path, net.add_client_address(77), Served(net.gateway(0), tmp_path))
+            made.served.write_policy(text=made.policy().replace(f"BLACKLIST: [{BLOCKED}]", 'BLACKLIST: ["dnslist[bl.test]"]'))
+            try:
+                made.served.launch(made.args())
+                assert made.served.outcome(listed) == "reset"  # userland: the handshake, then RST
+                wait_until(lambda: syn_probe(net.network, listed, net.gateway_v4(0), PORT, timeout=0.2) == "refused",
+                           "the refusal learned into the kernel", timeout=3)
+                learned = made.status()["learned"]
+                assert [(h["address"], h["listener"]) for h in learned] == [(listed, "IncomingMail")]
+                assert 290 <= learned[0]["expires_in"] <= 300
+                assert made.served.outcome(net.network_v4) == "220"
+            finally:
+                made.served.stop()
