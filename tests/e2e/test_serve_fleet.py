@@ -29,7 +29,7 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.netns
 
-PROMOTE_FOR = 5
+PROMOTE_FOR = 8  # seconds: long enough for a late gateway to start and status to answer on a loaded machine
 
 
 @dataclass

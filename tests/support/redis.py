@@ -187,12 +187,13 @@ def running_sentinel() -> Iterator[SentinelSetup]:
     """A master, a replica of it and a sentinel, all on loopback addresses of their own; killed and
     removed on exit. The replica announces its own address: the master would otherwise report the
     connection's source, 127.0.0.1, where the replica does not listen."""
-    with running_redis() as master:
+    # Redis 7 waits repl-diskless-sync-delay (5 s) for more replicas before the first sync.
+    with running_redis(options=("--repl-diskless-sync-delay", "0")) as master:
         base = master.address.rpartition(".")[0]
         replica_address = f"{base}.{int(master.address.rpartition('.')[2]) % 250 + 2}"
         options = ("--replicaof", master.address, str(master.port), "--replica-announce-ip", replica_address)
         with running_redis(replica_address, options=options) as replica:
-            wait_until(lambda: _replicating(replica), "the replica to follow the master", ignoring=(OSError,))
+            wait_until(lambda: _replicating(replica), "the replica to follow the master", timeout=15, ignoring=(OSError,))
             sentinel_address = f"{base}.{int(replica_address.rpartition('.')[2]) % 250 + 2}"
             directory = tempfile.mkdtemp(prefix="np-sentinel-")
             setup = SentinelSetup(master, replica, sentinel_address, _free_port(sentinel_address), directory)
