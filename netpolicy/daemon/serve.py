@@ -455,7 +455,7 @@ class Daemon:
                 hat = self.hats.get(name or "")
                 if hat is None:
                     continue
-                learned = self.learner.why(hat.listener.name, packet.source)
+                learned = self._why_learned(hat.listener.name, packet.source)
                 if learned is not None:  # refused for DNS answers the address alone does not give
                     self.maillog.kernel_refusal(*learned)
                     continue
@@ -467,6 +467,10 @@ class Daemon:
     def _enforces(self) -> bool:
         """Whether this daemon's refusals reach a kernel (promotions, learned refusals)."""
         return self.reconciler is not None
+
+    def _why_learned(self, listener: str, address: str) -> tuple[str, str] | None:
+        """(sender group, match) of a refusal learned here, which a kernel refusal of it logs."""
+        return self.learner.why(listener, address)
 
     def _on_offence(self, address: str, decision: Decision, kind: str) -> None:
         """A REJECT, DHAP or rate-limit hit: promote the host into the kernel past its threshold.

@@ -10,8 +10,9 @@ sockets in whatever state they were.
 Control channel: one socketpair per worker (its end passed as an inherited fd), one JSON object a
 line. The supervisor sends ``install`` (load the policy file and run it) and ``reopen`` (the mail
 log, after rotation); a worker sends ``ready`` and ``installed`` (the generation it now runs),
-and every ``STATS_EVERY`` seconds ``stats`` (its listeners' counters, which the supervisor sums
-for its metrics and ``status``). A worker whose channel closes stops: its supervisor is gone.
+``learned`` (why each refusal it learned was refused, for the supervisor's NFLOG lines) and every
+``STATS_EVERY`` seconds ``stats`` (its listeners' counters, which the supervisor sums for its
+metrics and ``status``). A worker whose channel closes stops: its supervisor is gone.
 
 Reload: the supervisor validates and compiles; a broken policy changes nothing anywhere.
 Otherwise it applies the kernel diff, then tells every worker to install. Each worker loads the
@@ -49,7 +50,7 @@ import uvloop
 
 from netpolicy.daemon.fleet import HEARTBEAT
 from netpolicy.daemon.serve import Daemon, ServeOptions, Prepared
-from netpolicy.kernel.learning import Learning
+from netpolicy.kernel.learning import Deadlines, Learning
 from netpolicy.kernel.promotion import PromotionDecision
 from netpolicy.model import Policy
 from netpolicy.smtp.maillog import MailLog
@@ -191,7 +192,7 @@ class _Publishing:
         self.worker, self.loop = worker, loop
 
     def learn(self, batch: list[Learning]) -> list[Learning]:
-        self.loop.call_soon_threadsafe(self.worker.shared.publish_learned, batch)
+        self.loop.call_soon_threadsafe(self.worker.learned, batch)
         return batch
 
 
@@ -231,6 +232,16 @@ class Worker(Daemon):
     async def _promote(self, promotion: PromotionDecision, kind: str) -> None:
         self._promoted(promotion, kind, "through the state store")
         await self.shared.publish("promoted", promotion.listener, promotion.address, promotion.seconds, self.view.generation)
+
+    def learned(self, batch: list[Learning]) -> None:
+        """Publish ``batch``, and tell the supervisor why each was refused: its NFLOG reader logs
+        a kernel refusal with the decision's sender group and match, which the address alone
+        (without the DNS answers) would not give."""
+        self.shared.publish_learned(batch)
+        notes = [[item.listener, item.address, item.seconds, *why] for item in batch
+                 if (why := self.learner.why(item.listener, item.address)) is not None]
+        if notes:
+            self._send({"op": "learned", "notes": notes})
 
     async def _flush(self) -> None:
         """Publish what the store did not take while it was away (serve does it with its heartbeat)."""
@@ -324,6 +335,7 @@ class Supervisor(Daemon):
         self.runtime_file = options.runtime_file or default_runtime_file()
         self._keepers: list[asyncio.Task[None]] = []
         self._retired = Totals()  # what workers that ended had counted
+        self._notes = Deadlines()  # why the workers' learned refusals were refused, for the NFLOG lines
         self._stopping = False
         self._started = False  # every worker was ready once: from now on one that ends is started again
         self._runtime_written = False  # kept current once the first write worked
@@ -367,6 +379,8 @@ class Supervisor(Daemon):
 
     async def _serve(self, prepared: Prepared) -> None:
         """Start the workers, or have every one install the generation the kernel now has."""
+        if prepared.plan.generation != self._target:
+            self._notes.clear()  # the kernel apply has emptied the learned sets
         self._target = prepared.plan.generation
         if self._started:
             await self._install_workers()
@@ -494,6 +508,16 @@ class Supervisor(Daemon):
                     self._check_generations()
             elif s.installed is not None and not s.installed.done():
                 s.installed.set_result(s.generation)
+        elif op == "learned" and isinstance(message.get("notes"), list):
+            now = time.monotonic()
+            for note in message["notes"]:
+                match note:
+                    case [str() as listener, str() as address, int() as seconds, str() as group, str() as entry]:
+                        self._notes.put((listener, address), now + seconds, (group, entry))
+
+    def _why_learned(self, listener: str, address: str) -> tuple[str, str] | None:
+        self._notes.expire(time.monotonic())
+        return self._notes.note((listener, address))
 
     def _sum(self) -> None:
         """The metrics' counters: every worker's, those of ended ones included (counters only grow)."""

@@ -328,7 +328,7 @@ def test_a_refusal_learned_in_a_worker_reaches_the_kernel(tmp_path: Path) -> Non
             made = Setup(net, store, tmp_path, net.add_client_address(77), Served(net.gateway(0), tmp_path))
             made.served.write_policy(text=made.policy().replace(f"BLACKLIST: [{BLOCKED}]", 'BLACKLIST: ["dnslist[bl.test]"]'))
             try:
-                made.served.launch(made.args())
+                made.served.launch([*made.args(), "--verbose-connections"])
                 assert made.served.outcome(listed) == "reset"  # userland: the handshake, then RST
                 wait_until(lambda: syn_probe(net.network, listed, net.gateway_v4(0), PORT, timeout=0.2) == "refused",
                            "the refusal learned into the kernel", timeout=3)
@@ -336,5 +336,8 @@ def test_a_refusal_learned_in_a_worker_reaches_the_kernel(tmp_path: Path) -> Non
                 assert [(h["address"], h["listener"]) for h in learned] == [(listed, "IncomingMail")]
                 assert 290 <= learned[0]["expires_in"] <= 300
                 assert made.served.outcome(net.network_v4) == "220"
+                # the supervisor logs the kernel's refusal with the worker's reason, not the address's
+                wait_until(lambda: "ICID 0 TCPREFUSE SG BLACKLIST match dnslist[bl.test]" in made.served.log_text(),
+                           "the kernel refusal's line")
             finally:
                 made.served.stop()
