@@ -13,7 +13,6 @@ import pytest
 from tests.support.netns import run
 from tests.vagrant import vagrantlib
 from tests.vagrant.vagrantlib import Host, Lab
-from tests.vm import vmlib
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
@@ -26,8 +25,8 @@ def lab(vagrant_host: Host) -> Iterator[Lab]:
 def test_vagrant_up_brings_up_mx_and_the_sender_whose_checks_pass(lab: Lab) -> None:
     out = lab.output
     assert lab.up.returncode == 0, out[-6000:]
-    recaps = [m for m in vmlib.RECAP.finditer(out) if m["host"] == "mx"]
-    assert recaps and recaps[-1]["failed"] == "0" and recaps[-1]["unreachable"] == "0", out[-6000:]
+    recap = vagrantlib.last_recap(out, "mx")
+    assert (recap["failed"], recap["unreachable"]) == ("0", "0"), out[-6000:]
     for line in ("TCPREFUSE  from 10.20.0.66", "REJECT     from 10.20.0.77: 554 ", "ACCEPT     from 10.20.0.99: 250 "):
         assert f"sender: {line}" in out, out[-4000:]
 

@@ -11,7 +11,6 @@ import pytest
 
 from tests.vagrant import vagrantlib
 from tests.vagrant.vagrantlib import Host, Lab
-from tests.vm import vmlib
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]
 
@@ -25,8 +24,8 @@ def test_both_gateways_are_provisioned_and_only_mx1_runs_the_store(fleet: Lab) -
     out = fleet.output
     assert fleet.up.returncode == 0, out[-6000:]
     for host in ("mx1", "mx2"):
-        recaps = [m for m in vmlib.RECAP.finditer(out) if m["host"] == host]
-        assert recaps and recaps[-1]["failed"] == "0" and recaps[-1]["unreachable"] == "0", out[-6000:]
+        recap = vagrantlib.last_recap(out, host)
+        assert (recap["failed"], recap["unreachable"]) == ("0", "0"), out[-6000:]
     store_tasks = re.findall(r"^TASK \[netpolicy : Install redis-server\].*\n(\w+): \[(\w+)\]", out, re.M)
     assert [host for _, host in store_tasks] == ["mx1"], store_tasks
 
@@ -47,7 +46,7 @@ def test_a_second_vagrant_provision_of_mx1_changes_nothing(fleet: Lab) -> None:
     again = fleet.vagrant("provision", "mx1", name="provision-mx1")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-6000:]
-    recap = [m for m in vmlib.RECAP.finditer(out) if m["host"] == "mx1"][-1]
+    recap = vagrantlib.last_recap(out, "mx1")
     assert (recap["changed"], recap["failed"]) == ("0", "0"), out[-6000:]
 
 

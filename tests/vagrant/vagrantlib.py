@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -207,3 +208,10 @@ def lab(shared: Host, name: str) -> Iterator[Lab]:
         yield brought
     finally:
         brought.vagrant("destroy", "-f", name="destroy-cleanup", timeout=300)
+
+
+def last_recap(output: str, host: str) -> re.Match[str]:
+    """``host``'s last PLAY RECAP line in a vagrant output (provisioning may run the play twice)."""
+    recaps = [m for m in vmlib.RECAP.finditer(output) if m["host"] == host]
+    assert recaps, f"no PLAY RECAP for {host}:\n{output[-6000:]}"
+    return recaps[-1]
