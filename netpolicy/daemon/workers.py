@@ -48,8 +48,7 @@ from typing import Any
 
 import uvloop
 
-from netpolicy.daemon.fleet import HEARTBEAT
-from netpolicy.daemon.serve import Daemon, ServeOptions, Prepared
+from netpolicy.daemon.serve import Daemon, Prepared, ServeOptions, configure_logging
 from netpolicy.kernel.learning import Deadlines, Learning
 from netpolicy.kernel.promotion import PromotionDecision
 from netpolicy.model import Policy
@@ -220,7 +219,7 @@ class Worker(Daemon):
         loop = asyncio.get_running_loop()
         return [self._supervise("control channel", self._listen),
                 self._supervise("learned refusals", lambda: self.learner.run(_Publishing(self, loop))),
-                self._supervise("store flush", self._flush)]
+                self._supervise("store flush", self._heartbeat)]  # _announce is the supervisor's: only the flush
 
     def _on_sighup(self) -> None:
         """Reloads come from the supervisor; a stray SIGHUP only reopens the mail log."""
@@ -242,12 +241,6 @@ class Worker(Daemon):
                  if (why := self.learner.why(item.listener, item.address)) is not None]
         if notes:
             self._send({"op": "learned", "notes": notes})
-
-    async def _flush(self) -> None:
-        """Publish what the store did not take while it was away (serve does it with its heartbeat)."""
-        while True:
-            await asyncio.sleep(HEARTBEAT)
-            await self.shared.flush()
 
     def _send(self, message: Message) -> None:
         if self._writer is not None and not self._writer.is_closing():
@@ -286,8 +279,7 @@ class Worker(Daemon):
 
 def run_worker(options: ServeOptions, control: int, slot: int, first_id: int, id_step: int, kernel: bool) -> int:
     """The hidden ``serve-worker`` command."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {slot} %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    configure_logging(f"worker {slot} ")
     sock = socket.socket(fileno=control)
     return uvloop.run(Worker(options, sock, slot, first_id, id_step, kernel).run())
 
@@ -590,6 +582,5 @@ def _write_json(path: str, data: Message) -> None:
 
 
 def serve_workers(options: ServeOptions) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    configure_logging()
     return uvloop.run(Supervisor(options).run())
