@@ -151,10 +151,8 @@ class Spool:
         """
         removal = _Removal(names, unwanted)
         if self._file is None:
-            gone = removal.ranges(self._held())
-            first = next(gone, None)
-            if first is not None:
-                kept = _complement(itertools.chain((first,), gone), self.size)
+            kept = removal.kept(self._held(), self.size)
+            if kept is not None:
                 self._buffer = bytearray().join(self._buffer[start:end] for start, end in kept)
         else:
             if self._buffer:
@@ -194,7 +192,14 @@ class _Removal:
         self.freed = 0
         self._spelling: dict[str, str] = {}
 
-    def ranges(self, blocks: Iterable[bytes]) -> Iterator[tuple[int, int]]:
+    def kept(self, blocks: Iterable[bytes], size: int) -> Iterator[tuple[int, int]] | None:
+        """The ranges of the ``size`` bytes read as ``blocks`` to keep, found as they are used;
+        None when no field goes (nothing to copy)."""
+        gone = self._ranges(blocks)
+        first = next(gone, None)
+        return None if first is None else _complement(itertools.chain((first,), gone), size)
+
+    def _ranges(self, blocks: Iterable[bytes]) -> Iterator[tuple[int, int]]:
         for f in header_fields(blocks, self.names):
             if self.unwanted(f):
                 self.removed[self._spelling.setdefault(f.name.lower(), f.name)] += 1
@@ -206,14 +211,13 @@ def _rewrite(source: int, size: int, directory: str | None, removal: _Removal) -
     """The descriptor of a new spool file holding the ``size`` bytes of ``source`` but the
     fields ``removal`` takes out, or None when none is; closes ``source`` (a worker thread's)."""
     try:
-        gone = removal.ranges(_file_blocks(source))
-        first = next(gone, None)
-        if first is None:
+        kept = removal.kept(_file_blocks(source), size)
+        if kept is None:
             return None
         target = _new_file(directory)
         try:
             written = 0
-            for start, end in _complement(itertools.chain((first,), gone), size):
+            for start, end in kept:
                 offset = start
                 while offset < end:
                     n = os.copy_file_range(source, target, end - offset, offset, written)
