@@ -110,29 +110,28 @@ class RespConnection(asyncio.Protocol):
     async def open(cls, url: str, give_up_after: float) -> RespConnection:
         """Connect, authenticate and select the database; each step and every reply later
         bounded by ``give_up_after`` seconds."""
-        loop = asyncio.get_running_loop()
-        protocol = cls(give_up_after)
         username, password = None, None
+        master: tuple[str, int] | None = None
         if url.startswith("redis+sentinel://"):
             sentinel = SentinelUrl.parse(url)
-            host, port = await cls._master(sentinel, give_up_after)
-            async with asyncio.timeout(give_up_after):
-                await loop.create_connection(lambda: protocol, host, port)
+            master = await cls._master(sentinel, give_up_after)
+            protocol = await cls._tcp(give_up_after, *master)
             db, username, password = sentinel.db, sentinel.username, sentinel.password
         else:
             parts = urlsplit(url)
             query = parse_qs(parts.query)
-            async with asyncio.timeout(give_up_after):
-                if parts.scheme == "unix":
-                    await loop.create_unix_connection(lambda: protocol, unquote(parts.path))
-                    db = query.get("db", ["0"])[0]
-                elif parts.scheme in ("redis", "rediss"):
-                    ca = query.get("ssl_ca_certs", [None])[0]
-                    context = ssl.create_default_context(cafile=ca) if parts.scheme == "rediss" else None
-                    await loop.create_connection(lambda: protocol, parts.hostname or "localhost", parts.port or 6379, ssl=context)
-                    db = parts.path.strip("/") or query.get("db", ["0"])[0]
-                else:
-                    raise ValueError(f"{parts.scheme}:// is not supported: {', '.join(s + '://' for s in SCHEMES)}")
+            if parts.scheme == "unix":
+                protocol = cls(give_up_after)
+                async with asyncio.timeout(give_up_after):
+                    await asyncio.get_running_loop().create_unix_connection(lambda: protocol, unquote(parts.path))
+                db = query.get("db", ["0"])[0]
+            elif parts.scheme in ("redis", "rediss"):
+                ca = query.get("ssl_ca_certs", [None])[0]
+                context = ssl.create_default_context(cafile=ca) if parts.scheme == "rediss" else None
+                protocol = await cls._tcp(give_up_after, parts.hostname or "localhost", parts.port or 6379, context)
+                db = parts.path.strip("/") or query.get("db", ["0"])[0]
+            else:
+                raise ValueError(f"{parts.scheme}:// is not supported: {', '.join(s + '://' for s in SCHEMES)}")
             username = unquote(parts.username) if parts.username else None
             password = unquote(parts.password) if parts.password is not None else None
         try:
@@ -140,25 +139,31 @@ class RespConnection(asyncio.Protocol):
                 await protocol.call("AUTH", *([username] if username else []), password)
             if db != "0":
                 await protocol.call("SELECT", db)
-            if url.startswith("redis+sentinel://"):
+            if master is not None:
                 role = await protocol.call("ROLE")
                 if not (isinstance(role, list) and role and role[0] == b"master"):
-                    raise StoreError(f"the sentinels name {host}:{port} as the master, but it is not (yet)")
+                    raise StoreError(f"the sentinels name {master[0]}:{master[1]} as the master, but it is not (yet)")
         except BaseException:
             protocol.close()
             raise
         return protocol
 
     @classmethod
+    async def _tcp(cls, give_up_after: float, host: str, port: int, context: ssl.SSLContext | None = None) -> RespConnection:
+        """A connection to ``host:port`` made within ``give_up_after`` seconds."""
+        protocol = cls(give_up_after)
+        async with asyncio.timeout(give_up_after):
+            await asyncio.get_running_loop().create_connection(lambda: protocol, host, port, ssl=context)
+        return protocol
+
+    @classmethod
     async def _master(cls, url: SentinelUrl, give_up_after: float) -> tuple[str, int]:
         """Where the sentinels say the master is: the first that answers is believed."""
-        loop = asyncio.get_running_loop()
         failures: list[str] = []
         for host, port in url.sentinels:
-            sentinel = cls(give_up_after)
+            sentinel: RespConnection | None = None
             try:
-                async with asyncio.timeout(give_up_after):
-                    await loop.create_connection(lambda sentinel=sentinel: sentinel, host, port)  # type: ignore[misc]
+                sentinel = await cls._tcp(give_up_after, host, port)
                 if url.sentinel_password is not None:
                     await sentinel.call("AUTH", url.sentinel_password)
                 found = await sentinel.call("SENTINEL", "get-master-addr-by-name", url.service)
@@ -166,10 +171,11 @@ class RespConnection(asyncio.Protocol):
                 failures.append(f"{host}:{port}: {exc or type(exc).__name__}")
                 continue
             finally:
-                sentinel.close()
+                if sentinel is not None:
+                    sentinel.close()
             match found:
-                case [bytes() as master, bytes() as master_port] if master_port.isdigit():
-                    return master.decode(), int(master_port)
+                case [bytes() as address, bytes() as master_port] if master_port.isdigit():
+                    return address.decode(), int(master_port)
             failures.append(f"{host}:{port}: no master named {url.service!r}")
         raise ConnectionError(f"no sentinel gave the master {url.service!r}: {'; '.join(failures)}")
 
