@@ -71,6 +71,7 @@ NEEDS: tuple[Need, ...] = (
          _has("/usr/sbin/dnsmasq")),
     Need("redis-server (a real state store for the shared-counter tests; its service is never started by them)", "redis-server",
          "test", _has("/usr/bin/redis-server")),
+    Need("redis-cli (the Sentinel tests ask the sentinel and the replica with it)", "redis-tools", "test", _has("redis-cli")),
     Need("logrotate (rotates serve's mail log with packaging/netpolicy.logrotate)", "logrotate", "test", _has("logrotate")),
     Need("rspamd (message checks: the scanner the e2e tests and the scanned bench ask)", "rspamd", "test",
          _has("/usr/bin/rspamd")),
